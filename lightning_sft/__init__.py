@@ -1,0 +1,1 @@
+"""lightning-sft: full-parameter SFT of Hugging Face causal LMs with head-activation monitoring."""

@@ -1,0 +1,130 @@
+"""The paper's analyses of saved patterns: Table 1 (stats), Figure 2 (similarity), Figure 5 (drift),
+Figure 4 (composition). Each command writes CSV (+ PNG) files and returns a markdown summary to print."""
+
+import csv
+import io
+from pathlib import Path
+from typing import Sequence
+
+from lightning_sft import stats
+from lightning_sft.analysis.plots import composition_figure, drift_figure, save_figure
+from lightning_sft.analysis.runs import Patterns
+from lightning_sft.plots import correlation_heatmap
+from lightning_sft.storage import atomic_write_text
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub markdown table; floats with 4 decimals."""
+    def cell(value: object) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
+    """Write a CSV atomically; floats at full precision (repr)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+    return path
+
+
+def stats_command(patterns: Patterns, out: Path | None = None) -> str:
+    """Table 1: Gini, coefficient of variation and Pearson kurtosis of each probe's pattern, base vs last step.
+
+    Writes `stats.csv` and `stats.md` to `out` when given.
+    """
+    header = ["probe", "base_step", "last_step", "gini_base", "gini_last", "cv_base", "cv_last",
+              "kurtosis_base", "kurtosis_last"]
+    rows = []
+    for probe in patterns.probes:
+        base_step, base, last_step, last = patterns.base_and_last(probe)
+        rows.append([probe, base_step, last_step, stats.gini(base), stats.gini(last),
+                     stats.coefficient_of_variation(base), stats.coefficient_of_variation(last),
+                     stats.kurtosis(base), stats.kurtosis(last)])
+    table = markdown_table(header, rows)
+    if out is not None:
+        write_csv(out / "stats.csv", header, rows)
+        atomic_write_text(out / "stats.md", table)
+    return table
+
+
+def similarity_command(patterns: Patterns, out: Path) -> str:
+    """Figure 2: Pearson correlation across probes of the pattern changes (last - base), and of the patterns
+    themselves at the base and at the last step. Writes `similarity_{change,base,last}.{csv,png}`."""
+    if len(patterns.probes) < 2:
+        raise ValueError(
+            f"similarity compares probes, but there is only {', '.join(patterns.probes)}; pass runs with at "
+            "least two probes"
+        )
+    ends = {probe: patterns.base_and_last(probe) for probe in patterns.probes}
+    matrices = {
+        "change": {probe: last - base for probe, (_, base, _, last) in ends.items()},
+        "base": {probe: base for probe, (_, base, _, _) in ends.items()},
+        "last": {probe: last for probe, (_, _, _, last) in ends.items()},
+    }
+    titles = {
+        "change": "Correlation of pattern changes (last - base)",
+        "base": "Correlation of patterns before fine-tuning (base)",
+        "last": "Correlation of patterns after fine-tuning (last step)",
+    }
+    summary = []
+    for kind, named in matrices.items():
+        names, matrix = stats.change_correlation(named)
+        rows = [[name, *map(float, matrix[row])] for row, name in enumerate(names)]
+        write_csv(out / f"similarity_{kind}.csv", ["probe", *names], rows)
+        save_figure(correlation_heatmap(names, matrix, titles[kind]), out / f"similarity_{kind}.png")
+        summary.append(f"{titles[kind]}:\n\n{markdown_table(['probe', *names], rows)}")
+    return "\n".join(summary)
+
+
+def drift_command(patterns: Patterns, out: Path) -> str:
+    """Figure 5: Pearson r and MSE of each probe's pattern at every saved step vs its base pattern.
+
+    Writes `drift.csv` (probe, step, pearson, mse) and `drift.png`.
+    """
+    drift = {}
+    for probe, steps in patterns.probes.items():
+        _, base, _, _ = patterns.base_and_last(probe)
+        drift[probe] = {step: (stats.pearson(pattern, base), stats.mse(pattern, base))
+                        for step, pattern in steps.items()}
+    header = ["probe", "step", "pearson", "mse"]
+    rows = [[probe, step, *values] for probe, by_step in drift.items() for step, values in by_step.items()]
+    write_csv(out / "drift.csv", header, rows)
+    save_figure(drift_figure(drift), out / "drift.png")
+    return markdown_table(header, rows)
+
+
+def compose_command(
+    patterns: Patterns, target: str, bases: Sequence[str], subset_size: int, out: Path | None = None
+) -> str:
+    """Figure 4: R^2 of the target's pattern change fitted by every subset of `subset_size` bases' changes.
+
+    Writes `compose.csv` (rank, r2, bases, then `coefficient_<base>` per base, empty when not in the subset),
+    `compose.md` and `compose.png` to `out` when given.
+    """
+    patterns.require([target], "target probe")
+    patterns.require(bases, "--bases probe")
+    if target in bases:
+        raise ValueError(f"target {target!r} is also in --bases; a probe trivially composes itself, remove it")
+    if len(set(bases)) != len(bases):
+        raise ValueError(f"--bases {' '.join(bases)} names a probe twice; pass each basis once")
+    fits = stats.composition_search(patterns.change(target), {name: patterns.change(name) for name in bases},
+                                    subset_size)
+    header = ["rank", "r2", "bases", *(f"coefficient_{name}" for name in bases)]
+    rows = [[rank, fit.r2, "+".join(fit.bases), *(fit.coefficients.get(name, "") for name in bases)]
+            for rank, fit in enumerate(fits, start=1)]
+    table = markdown_table(
+        ["rank", "R^2", "coefficients"],
+        [[rank, fit.r2, ", ".join(f"{name}={value:.4f}" for name, value in fit.coefficients.items())]
+         for rank, fit in enumerate(fits, start=1)],
+    )
+    if out is not None:
+        write_csv(out / "compose.csv", header, rows)
+        atomic_write_text(out / "compose.md", f"Target: {target}\n\n{table}")
+        save_figure(composition_figure(target, fits), out / "compose.png")
+    return f"Target: {target}\n\n{table}"

@@ -1,0 +1,128 @@
+"""Finding the patterns directories of runs and merging their probes for analysis."""
+
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lightning_sft.storage import INDEX_NAME, load_index, load_patterns
+
+
+def find_patterns_dir(run: str | Path) -> Path:
+    """The patterns directory of `run`: `run` itself when it holds index.json, else the one below it.
+
+    When several are below `run` (e.g. `version_0/head_patterns` and `version_1/head_patterns`), the one
+    whose index was written last is used, and a note on stderr says so.
+    """
+    run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory {run} does not exist; pass a patterns directory or a log directory")
+    if (run / INDEX_NAME).is_file():
+        return run
+    found = []
+    for index_path in run.rglob(INDEX_NAME):
+        try:
+            if load_index(index_path.parent)["probes"]:
+                found.append(index_path)
+        except (ValueError, KeyError, TypeError, AttributeError):  # another tool's index.json
+            continue
+    if not found:
+        raise FileNotFoundError(
+            f"no patterns under {run}: expected a directory holding {INDEX_NAME} (HeadActivationCallback writes "
+            "<log_dir>/head_patterns); pass that directory or one above it"
+        )
+    latest = max(found, key=lambda path: path.stat().st_mtime).parent
+    if len(found) > 1:
+        others = ", ".join(str(path.parent) for path in sorted(found) if path.parent != latest)
+        print(f"note: {run} holds {len(found)} patterns directories; using the latest, {latest} "
+              f"(others: {others})", file=sys.stderr)
+    return latest
+
+
+def _labels(runs: Sequence[str | Path]) -> list[str]:
+    """The shortest trailing path of each run that tells them apart (`gsm8k/version_0`, ...)."""
+    parts = [Path(run).resolve().parts for run in runs]
+    for length in range(1, max(map(len, parts)) + 1):
+        labels = ["/".join(part[-length:]) for part in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    raise AssertionError("distinct resolved directories always have distinct paths")
+
+
+@dataclass(frozen=True)
+class Patterns:
+    """Patterns of one model merged over runs: `probes` = {probe: {step: float64 [L, H]}}, steps ascending."""
+
+    probes: dict[str, dict[int, np.ndarray]]
+    shape: tuple[int, int]
+
+    def require(self, names: Sequence[str], what: str) -> None:
+        """Raise if a name in `names` is not a probe here, listing the probes there are."""
+        unknown = [name for name in names if name not in self.probes]
+        if unknown:
+            raise ValueError(
+                f"{what} {', '.join(map(repr, unknown))} not found; the probes are: {', '.join(self.probes)}"
+            )
+
+    def base_and_last(self, probe: str) -> tuple[int, np.ndarray, int, np.ndarray]:
+        """(base step, base pattern, last step, last pattern): the earliest step (0 = the base model) and the last."""
+        steps = self.probes[probe]
+        if len(steps) < 2:
+            raise ValueError(
+                f"probe {probe!r} has a pattern at step {', '.join(map(str, steps))} only; the analysis compares "
+                "the base model with a later step, so it needs at least two steps"
+            )
+        first, last = min(steps), max(steps)
+        return first, steps[first], last, steps[last]
+
+    def change(self, probe: str) -> np.ndarray:
+        """Last pattern minus base pattern [L, H] (the pattern change the paper analyses)."""
+        _, base, _, last = self.base_and_last(probe)
+        return last - base
+
+
+def load_runs(runs: Sequence[str | Path]) -> Patterns:
+    """Merge the probes of several runs (one fine-tuning run per task, say) of the same model.
+
+    A probe name found in more than one run is renamed `<run>/<probe>` in every run that has it, `<run>` being
+    the shortest trailing part of the run's path (as given) that tells the runs apart. Runs of different models
+    (pattern shapes or recorded model info differ) are refused.
+    """
+    if not runs:
+        raise ValueError("no run given; pass one or more patterns directories or log directories")
+    directories = [find_patterns_dir(run) for run in runs]
+    resolved = [directory.resolve() for directory in directories]
+    for position, directory in enumerate(resolved):
+        if directory in resolved[:position]:
+            raise ValueError(f"{directories[position]} is given twice (as {runs[resolved.index(directory)]} and "
+                             f"{runs[position]}); pass each run once")
+    indexes = [load_index(directory) for directory in directories]
+    shape = (indexes[0]["num_layers"], indexes[0]["num_heads"])
+    for run, index in zip(runs[1:], indexes[1:]):
+        other_shape = (index["num_layers"], index["num_heads"])
+        if other_shape != shape:
+            raise ValueError(
+                f"runs of different models: {runs[0]} has patterns of shape {shape} (layers, heads), {run} has "
+                f"{other_shape}; analyse runs of one model together"
+            )
+    models = [(run, index["model"]) for run, index in zip(runs, indexes) if "model" in index]
+    for run, model in models[1:]:
+        if model != models[0][1]:
+            raise ValueError(
+                f"runs of different models: {models[0][0]} records model {models[0][1]}, {run} records {model}; "
+                "analyse runs of one model together"
+            )
+    loaded = [load_patterns(directory) for directory in directories]
+    labels = _labels(runs)
+    counts = Counter(probe for probes in loaded for probe in probes)
+    merged = {}
+    for label, probes in zip(labels, loaded):
+        for probe, steps in probes.items():
+            name = f"{label}/{probe}" if counts[probe] > 1 else probe
+            if name != probe:
+                print(f"note: probe {probe} is in several runs; this run's is named {name}", file=sys.stderr)
+            merged[name] = {step: pattern.double().numpy() for step, pattern in steps.items()}
+    return Patterns(merged, shape)

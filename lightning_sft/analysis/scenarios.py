@@ -1,0 +1,164 @@
+"""The paper's two uses of patterns: data mixing by composition coefficients (Scenario 1, Eq. 4) and data
+selection by pattern similarity (Scenario 2, Eq. 5)."""
+
+import csv
+import json
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from lightning_sft import stats
+from lightning_sft.storage import atomic_write_text
+
+COEFFICIENT_PREFIX = "coefficient_"
+
+
+def read_compose_coefficients(path: Path) -> dict[str, float]:
+    """The coefficients of the best fit (rank 1) in a `compose.csv` written by the compose command."""
+    with open(path, newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    best = [row for row in rows if row.get("rank") == "1"]
+    if not best or not any(column.startswith(COEFFICIENT_PREFIX) for column in best[0]):
+        raise ValueError(
+            f"{path} has no rank-1 row with {COEFFICIENT_PREFIX}<name> columns; pass the compose.csv written by "
+            "`python -m lightning_sft.analysis compose ... --out DIR`"
+        )
+    return {column.removeprefix(COEFFICIENT_PREFIX): float(value)
+            for column, value in best[0].items() if column.startswith(COEFFICIENT_PREFIX) and value != ""}
+
+
+def mix_command(
+    coefficients: Mapping[str, float],
+    datasets: Mapping[str, str],
+    total: int,
+    top_k: int,
+    seed: int,
+    out: Path,
+) -> str:
+    """Scenario 1: draw `mixture_counts(coefficients, total, top_k)` rows from the named datasets (without
+    replacement, reproducibly from `seed`), shuffle them and write them as JSONL to `out`.
+
+    Datasets are read with `lightning_sft.data.read_rows`; rows are written as read (one JSON object a line).
+    """
+    from lightning_sft.data import read_rows
+
+    counts = stats.mixture_counts(coefficients, total, top_k)
+    missing = [name for name in counts if name not in datasets]
+    if missing:
+        raise ValueError(
+            f"no --datasets entry for {', '.join(missing)} (chosen by the coefficients); pass NAME=PATH for each"
+        )
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name, count in counts.items():
+        dataset = read_rows(datasets[name])
+        if count > len(dataset):
+            raise ValueError(
+                f"dataset {name} ({datasets[name]}) has {len(dataset)} rows but the mixture asks for {count}; "
+                "pass a smaller --total or a larger dataset"
+            )
+        rows += dataset.select(rng.choice(len(dataset), size=count, replace=False).tolist()).to_list()
+    rows = [rows[position] for position in rng.permutation(len(rows))]
+    atomic_write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    table = "\n".join(f"| {name} | {coefficients[name]:.4f} | {count} |" for name, count in counts.items())
+    return f"| dataset | coefficient | rows |\n|---|---|---|\n{table}\n\nwrote {len(rows)} rows to {out}\n"
+
+
+def read_jsonl_lines(path: Path) -> list[tuple[int, str, dict]]:
+    """(line number, line as written, parsed object) for each non-blank line of a JSONL file."""
+    rows = []
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} row {number} is not valid JSON ({error}); each line must be one JSON object")
+            if not isinstance(row, dict):
+                raise ValueError(f"{path} row {number} is a {type(row).__name__}, not a JSON object")
+            rows.append((number, line, row))
+    if not rows:
+        raise ValueError(f"{path} has no rows; pass a JSONL file with one example per line")
+    return rows
+
+
+def _batches(examples: list[dict], pad_token_id: int, batch_size: int) -> list[dict]:
+    from lightning_sft.data import collate
+
+    return [collate(examples[start:start + batch_size], pad_token_id) for start in range(0, len(examples), batch_size)]
+
+
+def select_command(
+    model_path: str,
+    target: str,
+    pool: Path,
+    k: int,
+    out: Path,
+    *,
+    batch_size: int = 8,
+    max_length: int = 1024,
+    format: str = "auto",
+    adapter: str | None = None,
+) -> str:
+    """Scenario 2: the `k` pool rows whose head pattern correlates best with the target set's (Eq. 5).
+
+    Scores the target set and each pool row with the model at `model_path` (HF format, tokenizer in the same
+    directory), ranks pool rows with `stats.select_by_pattern` and writes the chosen rows, best first, to
+    `out` exactly as they are in the pool (JSONL). Pool rows without a supervised token within `max_length`
+    cannot be scored and are not candidates.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lightning_sft.data import load_examples, tokenize_rows
+    from lightning_sft.patterns import score_heads
+
+    if k < 1:
+        raise ValueError(f"--k {k}; pass the number of pool rows to select (>= 1)")
+    rows = read_jsonl_lines(pool)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # The target first: it checks --format, --adapter and --max-length before the pool loop relies on them.
+    target_examples = load_examples(target, tokenizer, format=format, adapter=adapter, max_length=max_length)
+    candidates, candidate_lines = [], []
+    for number, line, row in rows:
+        try:
+            candidates += tokenize_rows([row], tokenizer, format=format, adapter=adapter, max_length=max_length)
+        except ValueError as error:
+            if error.__cause__ is None:  # tokenize_rows' only uncaused error: no supervised token left to score
+                continue
+            raise ValueError(f"{pool} row {number} cannot be formatted: {error.__cause__}") from error
+        except (KeyError, TypeError) as error:  # e.g. a field holding a number where text belongs
+            raise ValueError(f"{pool} row {number} cannot be formatted: {error!r}") from error
+        candidate_lines.append(line)
+    skipped = len(rows) - len(candidates)
+    if k > len(candidates):
+        raise ValueError(
+            f"--k {k} but only {len(candidates)} of the {len(rows)} pool rows can be scored ({skipped} have no "
+            f"supervised token within --max-length {max_length}); pass a smaller --k"
+        )
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    target_pattern = score_heads(model, _batches(target_examples, pad_token_id, batch_size),
+                                 progress=True).pattern.double().cpu().numpy()
+    # Pool rows scored shortest first (less padding), then put back in pool order.
+    order = sorted(range(len(candidates)), key=lambda position: len(candidates[position]["input_ids"]))
+    scores = score_heads(model, _batches([candidates[position] for position in order], pad_token_id, batch_size),
+                         progress=True)
+    if scores.skipped or len(scores.per_example) != len(candidates):
+        raise RuntimeError(f"the scorer kept {len(scores.per_example)} of {len(candidates)} pool rows that have "
+                           "supervised tokens; lightning_sft.data and lightning_sft.patterns disagree on labels")
+    pool_patterns = np.empty(scores.per_example.shape)
+    pool_patterns[order] = scores.per_example.double().cpu().numpy()
+    correlations = stats.pattern_correlations(pool_patterns, target_pattern)
+    chosen = stats.select_by_pattern(pool_patterns, target_pattern, k)
+    atomic_write_text(out, "".join(candidate_lines[position] + "\n" for position in chosen))
+    return (
+        f"selected {k} of {len(rows)} pool rows ({skipped} without supervised tokens skipped); Pearson r with "
+        f"the target pattern: {correlations[chosen].max():.4f} (best) to {correlations[chosen].min():.4f} "
+        f"(k-th); wrote {out}\n"
+    )

@@ -1,0 +1,200 @@
+"""Attention whose backward also scores its heads: sum_ij |A_ij * dL/dA_ij| per (example, query head).
+
+Forward is sdpa-like and keeps Q, K, V, the output O and the softmax log-normalisers (logsumexp), never
+the [T, T] probabilities. Backward walks blocks of queries as flash-attention's does: it recomputes the
+block's probabilities P = exp(S - lse), forms G = dO V^T (= dL/dP), adds |P * G| into the head scores
+and returns dQ, dK, dV. Memory is O(block x T) per head. The query heads that share a key/value head
+(grouped-query attention) are processed together as extra rows of one block, so keys and values are
+never repeated.
+
+Shapes: query [B, Hq, Tq, D], key [B, Hkv, Tk, D], value [B, Hkv, Tk, Dv], Hq a multiple of Hkv
+(query head h reads key/value head h // (Hq / Hkv), as `transformers`' `repeat_kv`); mask None, or
+broadcastable to [B, Hq, Tq, Tk], bool (True attends) or additive float.
+"""
+
+import torch
+from torch import Tensor
+
+# Elements of one [B * Hkv, rows, keys] float32 block buffer (4 MiB); the backward holds about three.
+BLOCK_ELEMENTS = 1 << 20
+MIN_BLOCK_ROWS = 16
+
+
+class HeadScoredAttention(torch.autograd.Function):
+    """softmax(softcap(scale Q K^T) + mask [+ sink column]) V, scoring heads into `scores` in backward."""
+
+    @staticmethod
+    def forward(ctx, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scores: Tensor,
+                scale: float, is_causal: bool, softcap: float | None, sinks: Tensor | None) -> Tensor:
+        """Returns the attention output [B, Hq, Tq, Dv] in the query's dtype; `scores` [B, Hq] float32
+        (zeros) is filled by backward."""
+        fused = (query.device.type == "cpu" and softcap is None and sinks is None
+                 and query.shape[-1] == value.shape[-1])
+        if fused:
+            output, lse = _fused_cpu_forward(query, key, value, mask, scale, is_causal)
+        else:
+            output, lse = _blockwise_forward(query, key, value, mask, scale, is_causal, softcap, sinks)
+        ctx.save_for_backward(query, key, value, output, lse, mask)
+        ctx.scores, ctx.scale, ctx.is_causal, ctx.softcap = scores, scale, is_causal, softcap
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        query, key, value, output, lse, mask = ctx.saved_tensors
+        grads = _blockwise_backward(query, key, value, output, lse, mask, grad_output, ctx.scores,
+                                    ctx.scale, ctx.is_causal, ctx.softcap)
+        return *grads, None, None, None, None, None, None
+
+
+def _fused_cpu_forward(query, key, value, mask, scale, is_causal) -> tuple[Tensor, Tensor]:
+    """PyTorch's CPU flash-attention kernel, which also returns the logsumexp [B, Hq, Tq] float32
+    (0 for rows with no key, whose output is 0) and handles grouped-query heads natively."""
+    if mask is not None and mask.dtype == torch.bool:
+        # The kernel takes an additive mask of the query's dtype.
+        mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    elif mask is not None:
+        mask = mask.to(query.dtype)
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, key, value, 0.0, is_causal and mask is None, attn_mask=mask, scale=scale)
+
+
+def _grouped(tensor: Tensor, kv_heads: int) -> Tensor:
+    """[B, Hq, T, X] -> float32 [B * Hkv, T, group, X] (contiguous): the rows of one block of queries,
+    for all query heads of a key/value head, are then one contiguous [rows * group, X] matrix."""
+    batch, heads, length, last = tensor.shape
+    grouped = tensor.reshape(batch, kv_heads, heads // kv_heads, length, last).transpose(2, 3)
+    return grouped.reshape(batch * kv_heads, length, heads // kv_heads, last).float().contiguous()
+
+
+def _block_rows(flat: int, group: int, keys: int) -> int:
+    return max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // max(1, flat * group * keys))
+
+
+def _key_range(mask: Tensor | None, is_causal: bool, start: int, stop: int, keys: int) -> tuple[int, int]:
+    """Keys [first, last) that some query in rows [start, stop) may attend to."""
+    if mask is None:
+        return 0, (min(stop, keys) if is_causal else keys)
+    rows = mask[..., start:stop, :]
+    # A float mask's finite "minus infinity" still counts (rows of only such keys attend uniformly).
+    allowed = rows if rows.dtype == torch.bool else rows != float("-inf")
+    columns = allowed.flatten(0, -2).any(0).nonzero()
+    if len(columns) == 0:
+        return 0, 0
+    return int(columns[0]), int(columns[-1]) + 1
+
+
+def _block_logits(rows: Tensor, key: Tensor, shift: Tensor | None, mask: Tensor | None, batch: int,
+                  scale: float, is_causal: bool, softcap: float | None, start: int, stop: int,
+                  first: int, last: int) -> tuple[Tensor, Tensor | None]:
+    """softcap(scale Q K^T) + mask - shift for query rows [start, stop) (`rows` [B * Hkv, rows * group, D])
+    against keys [first, last): float32 [B * Hkv, rows * group, keys], and the tanh of the soft-capping
+    (for its derivative) or None. `shift` [B * Hkv, rows * group, 1] or None."""
+    keys_t = key[:, first:last].transpose(1, 2)
+    tanh = None
+    if softcap is not None:
+        tanh = torch.bmm(rows, keys_t).mul_(scale / softcap).tanh_()
+        logits = tanh * softcap
+        if shift is not None:
+            logits = logits.sub_(shift)
+    elif shift is not None:
+        logits = torch.baddbmm(shift, rows, keys_t, beta=-1, alpha=scale)
+    else:
+        logits = torch.bmm(rows, keys_t).mul_(scale)
+    flat, kv_heads, count = logits.shape[0], logits.shape[0] // batch, stop - start
+    logits5 = logits.view(batch, kv_heads, count, -1, last - first)  # [B, Hkv, rows, group, keys]
+    if mask is not None:
+        block = mask[:, :, start:stop, first:last]  # [B or 1, Hq or 1, rows, keys]
+        block = block.unsqueeze(3) if block.shape[1] == 1 else block.unflatten(1, (kv_heads, -1)).transpose(2, 3)
+        if block.dtype == torch.bool:
+            logits5.masked_fill_(~block, float("-inf"))
+        else:
+            logits5.add_(block.float())
+    elif is_causal and last > start:
+        # Only the keys [start, last) can lie above the diagonal of this block.
+        above = torch.ones(count, last - start, dtype=torch.bool, device=logits.device).triu_(1)
+        logits5[..., start - first:].masked_fill_(above.unsqueeze(1), float("-inf"))
+    return logits, tanh
+
+
+def _blockwise_forward(query, key, value, mask, scale, is_causal, softcap, sinks) -> tuple[Tensor, Tensor]:
+    """Attention output [B, Hq, Tq, Dv] (query dtype) and logsumexp [B, Hq, Tq] float32, one block of
+    queries at a time; for rows with no key the logsumexp is 0 and the output 0 (as the fused kernel)."""
+    batch, heads, length, _ = query.shape
+    kv_heads, keys = key.shape[1], key.shape[2]
+    group, flat = heads // kv_heads, batch * kv_heads
+    grouped_query = _grouped(query, kv_heads)
+    key, value = key.reshape(flat, keys, -1).float(), value.reshape(flat, keys, -1).float()
+    # Laid out [B, Tq, Hq, Dv] so that transformers' transpose(1, 2).contiguous() is free.
+    output = query.new_zeros(batch, length, kv_heads, group, value.shape[-1])
+    lse = torch.zeros(batch, length, kv_heads, group, dtype=torch.float32, device=query.device)
+    sink = None if sinks is None else sinks.float().view(kv_heads, 1, group).repeat(batch, 1, 1).view(flat, 1, group, 1)
+    step = _block_rows(flat, group, keys)
+    for start in range(0, length, step):
+        stop = min(start + step, length)
+        first, last = _key_range(mask, is_causal, start, stop, keys)
+        if first == last:
+            continue
+        rows = grouped_query[:, start:stop].reshape(flat, -1, grouped_query.shape[-1])
+        logits, _ = _block_logits(rows, key, None, mask, batch, scale, is_causal, softcap, start, stop, first, last)
+        logits = logits.view(flat, stop - start, group, last - first)
+        # softmax(x) = exp(x - max) / sum: exact also where every logit is a huge negative float mask value.
+        peak = logits.amax(-1, keepdim=True)
+        if sink is not None:
+            peak = torch.maximum(peak, sink)
+        peak = peak.masked_fill_(peak == float("-inf"), 0.0)  # rows with no key
+        probs = torch.exp_(logits.sub_(peak))
+        total = probs.sum(-1, keepdim=True)
+        if sink is not None:
+            total += torch.exp(sink - peak)
+        empty = total == 0
+        probs = probs.div_(total.masked_fill_(empty, 1.0))
+        block_output = torch.bmm(probs.view(flat, -1, last - first), value[:, first:last])
+        block_output = block_output.view(batch, kv_heads, stop - start, group, -1).transpose(1, 2)
+        output[:, start:stop] = block_output
+        block_lse = peak.add_(total.log_()).masked_fill_(empty, 0.0)
+        lse[:, start:stop] = block_lse.view(batch, kv_heads, stop - start, group).transpose(1, 2)
+    return output.view(batch, length, heads, -1).transpose(1, 2), lse.view(batch, length, heads).transpose(1, 2)
+
+
+def _blockwise_backward(query, key, value, output, lse, mask, grad_output, scores, scale, is_causal, softcap):
+    """dQ, dK, dV (input dtypes) and, added into `scores` [B, Hq], sum_ij |P_ij G_ij| with G = dO V^T.
+
+    As flash-attention's backward, with Delta = rowsum(dO * O): dS = P * (G - Delta), dQ = dS K scale,
+    dK = dS^T Q scale, dV = P^T dO; soft-capping multiplies dS by 1 - tanh^2.
+    """
+    batch, heads, length, dim = query.shape
+    kv_heads, keys = key.shape[1], key.shape[2]
+    group, flat = heads // kv_heads, batch * kv_heads
+    grouped_query, grouped_grad = _grouped(query, kv_heads), _grouped(grad_output, kv_heads)
+    key_float, value_float = key.reshape(flat, keys, dim).float(), value.reshape(flat, keys, -1).float()
+    delta = (grad_output.float() * output.float()).sum(-1, keepdim=True)
+    delta = _grouped(delta, kv_heads).view(flat, -1, 1)  # rows ordered (query, head in group)
+    row_lse = _grouped(lse.unsqueeze(-1), kv_heads).view(flat, -1, 1)
+    grad_query = torch.zeros_like(grouped_query)
+    grad_key, grad_value = torch.zeros_like(key_float), torch.zeros_like(value_float)
+    head_scores = scores.view(flat, group)
+    step = _block_rows(flat, group, keys)
+    for start in range(0, length, step):
+        stop = min(start + step, length)
+        first, last = _key_range(mask, is_causal, start, stop, keys)
+        if first == last:
+            continue
+        rows = slice(start * group, stop * group)
+        block_query = grouped_query[:, start:stop].view(flat, -1, dim)
+        block_grad = grouped_grad[:, start:stop].view(flat, -1, grouped_grad.shape[-1])
+        logits, tanh = _block_logits(block_query, key_float, row_lse[:, rows], mask, batch, scale, is_causal,
+                                     softcap, start, stop, first, last)
+        probs = logits.exp_()
+        weighted = torch.bmm(block_grad, value_float[:, first:last].transpose(1, 2)).mul_(probs)  # P * G
+        head_scores += torch.linalg.vector_norm(weighted, ord=1, dim=-1).view(flat, -1, group).sum(1)
+        # bmm into fresh tensors: baddbmm_ into a strided slice falls back to one matmul per batch entry.
+        grad_value[:, first:last] += torch.bmm(probs.transpose(1, 2), block_grad)
+        grad_logits = weighted.addcmul_(probs, delta[:, rows], value=-1)
+        if tanh is not None:
+            grad_logits = grad_logits.mul_(1 - tanh.square_())
+        grad_key[:, first:last] += torch.bmm(grad_logits.transpose(1, 2), block_query).mul_(scale)
+        block_grad_query = torch.bmm(grad_logits, key_float[:, first:last]).mul_(scale)
+        grad_query[:, start:stop] = block_grad_query.view(flat, stop - start, group, dim)
+    grad_query = grad_query.view(batch, kv_heads, length, group, dim).transpose(2, 3).reshape(query.shape)
+    return (grad_query.to(query.dtype), grad_key.view(key.shape).to(key.dtype),
+            grad_value.view(value.shape).to(value.dtype))

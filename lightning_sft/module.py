@@ -1,0 +1,217 @@
+"""SFTModule: full-parameter supervised fine-tuning of a Hugging Face causal LM."""
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MeanMetric
+from torchmetrics.text import Perplexity
+from transformers.integrations import HfDeepSpeedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from typing_extensions import override
+
+from lightning_sft.tokenizer import byte_tokenizer
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+BYTE_TOKENIZER = "byte"
+
+
+class SFTModule(L.LightningModule):
+    """A causal LM trained on its supervised tokens (labels != -100), AdamW + warmup/decay.
+
+    Args:
+        pretrained: a Hugging Face model id or a local directory (`from_pretrained`).
+        config: instead of `pretrained`, a model config as a dict with `model_type` (e.g. a tiny
+            `{"model_type": "llama", "hidden_size": 64, ...}`): the model starts from random weights.
+        tokenizer: id or directory of the tokenizer; default `pretrained`. `"byte"` is the built-in
+            offline byte-level tokenizer (`lightning_sft.tokenizer.byte_tokenizer`).
+        dtype: the weights' dtype when loaded; train with `trainer.precision: bf16-true`.
+        trust_remote_code: allow model code from the hub (off: only transformers' own classes).
+        attn_implementation: transformers attention backend for training ("sdpa", "eager",
+            "flash_attention_2", ...).
+        learning_rate: peak learning rate after warmup.
+        weight_decay: AdamW decoupled weight decay, applied to matrices only (not norms, biases).
+        betas: AdamW betas.
+        warmup_steps: optimizer steps of linear warmup from 0 to `learning_rate`.
+        lr_schedule: decay after warmup to `min_lr_ratio * learning_rate` over the remaining steps.
+        min_lr_ratio: final learning rate as a fraction of `learning_rate`.
+        gradient_checkpointing: recompute activations in backward (less memory, ~30% more time).
+        export_dir: where the trained model is saved in Hugging Face format at the end of fit,
+            relative to the run's log directory; None skips the export.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        config: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16",
+        trust_remote_code: bool = False,
+        attn_implementation: str = "sdpa",
+        learning_rate: float = 1e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 0,
+        lr_schedule: Literal["cosine", "linear", "constant"] = "cosine",
+        min_lr_ratio: float = 0.0,
+        gradient_checkpointing: bool = False,
+        export_dir: str | None = "hf_export",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if (pretrained is None) == (config is None):
+            raise ValueError("SFTModule needs exactly one of `pretrained` (model id or directory) or `config`.")
+        if learning_rate <= 0 or warmup_steps < 0 or not 0 <= min_lr_ratio <= 1 or weight_decay < 0:
+            raise ValueError(
+                f"SFTModule: learning_rate={learning_rate} must be > 0, warmup_steps={warmup_steps} >= 0, "
+                f"min_lr_ratio={min_lr_ratio} in [0, 1], weight_decay={weight_decay} >= 0."
+            )
+        self.model_config = self._load_config(pretrained, config, trust_remote_code)
+        self.tokenizer = self._load_tokenizer(tokenizer or pretrained, trust_remote_code)
+        self.model: PreTrainedModel | None = None
+        self.val_loss = MeanMetric()
+        self.val_perplexity = Perplexity(ignore_index=-100)
+
+    @staticmethod
+    def _load_config(pretrained: str | None, config: dict | None, trust_remote_code: bool) -> Any:
+        if config is not None:
+            settings = dict(config)
+            if "model_type" not in settings:
+                raise ValueError("SFTModule `config` needs a `model_type` key (e.g. llama, gemma, qwen2, opt).")
+            return AutoConfig.for_model(settings.pop("model_type"), **settings)
+        try:
+            return AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise FileNotFoundError(
+                f"SFTModule pretrained={pretrained!r}: no model config found there ({_first_line(error)}). "
+                "Pass a local directory holding config.json, or a hub id when online."
+            ) from None
+
+    @staticmethod
+    def _load_tokenizer(name: str | None, trust_remote_code: bool) -> PreTrainedTokenizerBase:
+        if name is None:
+            raise ValueError("SFTModule built from `config` needs `tokenizer` (a directory, an id, or 'byte').")
+        if name == BYTE_TOKENIZER:
+            return byte_tokenizer()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise FileNotFoundError(
+                f"SFTModule tokenizer={name!r}: no tokenizer found there ({_first_line(error)})."
+            ) from None
+        if tokenizer.pad_token is None:  # Llama-style tokenizers ship without one; padding is masked anyway
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    @override
+    def configure_model(self) -> None:
+        """Builds the model inside the strategy's context (under ZeRO-3: already partitioned)."""
+        if self.model is not None:
+            return
+        settings = self.hparams
+        dtype = DTYPES[settings.dtype]
+        if settings.pretrained is not None:
+            if getattr(self.trainer.strategy, "zero_stage_3", False):
+                # Tells from_pretrained that ZeRO-3 is on, so it loads each weight into its partitions.
+                self._hf_deepspeed_config = HfDeepSpeedConfig(self.trainer.strategy.config)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                settings.pretrained, dtype=dtype, trust_remote_code=settings.trust_remote_code,
+                attn_implementation=settings.attn_implementation,
+            )
+        else:
+            self.model = AutoModelForCausalLM.from_config(
+                self.model_config, dtype=dtype, attn_implementation=settings.attn_implementation
+            )
+        self.model.config.use_cache = False
+        if settings.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    @override
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids", "labels") if key in batch}
+        return self.model(**inputs, use_cache=False)
+
+    @override
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self(batch).loss
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    @override
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        output = self(batch)
+        tokens = (batch["labels"][:, 1:] != -100).sum()
+        self.val_loss.update(output.loss.float(), weight=tokens)
+        self.val_perplexity.update(output.logits[:, :-1].float(), batch["labels"][:, 1:])
+        self.log("val/loss", self.val_loss, prog_bar=True)
+        self.log("val/perplexity", self.val_perplexity)
+
+    @override
+    def configure_optimizers(self) -> dict[str, Any]:
+        settings = self.hparams
+        total_steps = self.trainer.estimated_stepping_batches
+        if settings.warmup_steps >= total_steps:
+            raise ValueError(
+                f"SFTModule warmup_steps={settings.warmup_steps} is not shorter than training "
+                f"({total_steps} optimizer steps); lower warmup_steps or train longer."
+            )
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=settings.learning_rate, betas=tuple(settings.betas),
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_multiplier(step, settings.warmup_steps, total_steps,
+                                                  settings.lr_schedule, settings.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    @override
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir is not None:
+            export_hf(self, Path(self.trainer.log_dir or self.trainer.default_root_dir) / self.hparams.export_dir)
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:
+    """Learning-rate factor at optimizer step `step`: linear warmup to 1, then decay to `min_ratio`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    return min_ratio + (1 - min_ratio) * shape
+
+
+def export_hf(module: SFTModule, directory: Path) -> None:
+    """Saves model + tokenizer with `save_pretrained` (safetensors) into `directory`, atomically.
+
+    Under ZeRO-3 every rank takes part in gathering the partitioned weights; rank 0 writes.
+    """
+    trainer = module.trainer
+    engine = getattr(trainer.strategy, "deepspeed_engine", None)
+    state_dict = None
+    if engine is not None and engine.zero_optimization_partition_weights():
+        state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective: all ranks call it
+    if trainer.is_global_zero:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        module.model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+        module.tokenizer.save_pretrained(staging)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+        rank_zero_info(f"Hugging Face export written to {directory}")
+    trainer.strategy.barrier("hf_export")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -1,0 +1,347 @@
+"""Head-activation patterns: how much the loss depends on each attention head's probabilities.
+
+For a probe example x, L(x) is the mean next-token cross-entropy over its supervised tokens (labels !=
+-100, HF's shift: logits[t] predicts labels[t + 1]). For query head h of layer l, with A [query, key] its
+post-softmax attention probabilities,
+
+    score[l, h](x) = sum_ij |A_ij * dL(x)/dA_ij|                                          (Eq. 1)
+
+and the pattern is the mean of score(x) over the examples with at least one supervised token.
+
+How: the model runs with our attention function (registered in transformers' `AttentionInterface`, set
+only while probing), whose backward adds |A * dL/dA| into per-(example, head) sums without keeping any
+[T, T] matrix (`attention_scores.py`). Gradients flow only towards activations (`torch.autograd.grad`
+to the embedding output), so no weight gradient is computed and no `.grad` is touched. Examples are
+independent (their losses are summed), so batching does not change any score.
+
+Run standalone: `python -m lightning_sft.patterns --model DIR --probe FILE --out FILE.safetensors`.
+"""
+
+import argparse
+import inspect
+import math
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from rich.progress import Progress
+from torch import Tensor
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from lightning_sft.attention_scores import HeadScoredAttention
+
+ATTENTION_NAME = "lightning_sft_head_scores"
+IGNORE_INDEX = -100
+# Arguments some families pass to their attention function that change the attention computed here.
+UNSUPPORTED_ARGUMENTS = ("position_bias", "sinks", "indices", "block_indices", "head_mask")
+
+
+@dataclass
+class HeadScores:
+    """Scores of the probe examples that have a supervised token, in input order.
+
+    per_example: float32 [N, num_layers, num_heads], Eq. 1 per example.
+    losses: float32 [N], each example's mean supervised-token cross-entropy L(x) (nats).
+    skipped: examples left out because they have no supervised token.
+    """
+
+    per_example: Tensor
+    losses: Tensor
+    skipped: int
+
+    @property
+    def pattern(self) -> Tensor:
+        """float32 [num_layers, num_heads]: the mean of `per_example` over the examples."""
+        return self.per_example.mean(0)
+
+
+class _Probe:
+    """What the attention function fills during one forward: layer index -> scores [B, H] float32."""
+
+    def __init__(self, family: str):
+        self.family = family
+        self.layer_scores: dict[int, Tensor] = {}
+
+
+_active_probe: _Probe | None = None
+
+
+def _scored_attention(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    softcap: float | None = None,
+    s_aux: Tensor | None = None,
+    **kwargs,
+) -> tuple[Tensor, None]:
+    """transformers' attention-function signature: query [B, Hq, T, D], key/value [B, Hkv, T, D] ->
+    (output [B, T, Hq, D], no weights). Registers this layer's head-score buffer with the active probe."""
+    probe = _active_probe
+    if probe is None:
+        raise RuntimeError(
+            f"attn_implementation={ATTENTION_NAME!r} only works inside lightning_sft.patterns.score_heads;"
+            " set the model back to 'sdpa' or 'eager'"
+        )
+    layer = getattr(module, "layer_idx", None)
+    where = f"{probe.family} ({type(module).__name__}, layer {layer})"
+    for name in UNSUPPORTED_ARGUMENTS:
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"{where} passes `{name}` to its attention function; head scoring does not support it")
+    if attention_mask is not None and not isinstance(attention_mask, Tensor):
+        raise NotImplementedError(f"{where} passes a {type(attention_mask).__name__} attention mask; head scoring needs a tensor")
+    if dropout:
+        raise ValueError(f"{where} applies attention dropout {dropout}; head scoring runs the model in eval mode")
+    if not isinstance(layer, int):
+        raise NotImplementedError(f"{where}: its attention module has no integer `layer_idx`, so its heads cannot be placed")
+    if layer in probe.layer_scores:
+        raise NotImplementedError(f"{where} runs attention twice in one forward; head scores need one call per layer")
+    if attention_mask is not None:
+        attention_mask = attention_mask[..., : key.shape[-2]]
+    # As transformers' sdpa path: the module's own flag unless the call says otherwise; causal only without a mask.
+    causal = (is_causal if is_causal is not None else getattr(module, "is_causal", True)) and query.shape[2] > 1
+    scores = torch.zeros(query.shape[:2], dtype=torch.float32, device=query.device)
+    probe.layer_scores[layer] = scores
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    sinks = None if s_aux is None else s_aux.detach()
+    output = HeadScoredAttention.apply(query, key, value, attention_mask, scores, scale, causal, softcap, sinks)
+    return output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION_NAME, _scored_attention)
+# Same masks as sdpa: boolean [B, 1, T, T] (True attends, sliding windows included), or None for plain causal.
+AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def _configs(model: PreTrainedModel) -> list:
+    """Every config object the model and its sub-models read their attention implementation from."""
+    found, pending = {}, [model.config]
+    pending += [module.config for module in model.modules() if isinstance(module, PreTrainedModel)]
+    while pending:
+        config = pending.pop()
+        if id(config) not in found:
+            found[id(config)] = config
+            pending += [getattr(config, key) for key in config.sub_configs if getattr(config, key) is not None]
+    return list(found.values())
+
+
+def _family(model: PreTrainedModel) -> str:
+    return f"{type(model).__name__} (model_type={model.config.model_type!r})"
+
+
+def _text_request(model: PreTrainedModel) -> dict:
+    """The `set_attn_implementation` argument that switches only the text decoder (not vision/audio towers)."""
+    text_config = model.config.get_text_config(decoder=True)
+    if text_config is model.config:
+        return {"": ATTENTION_NAME}
+    for key in model.config.sub_configs:
+        if getattr(model.config, key) is text_config:
+            return {key: ATTENTION_NAME}
+    raise NotImplementedError(f"{_family(model)}: its text decoder config is nested too deeply to switch its attention")
+
+
+@contextmanager
+def _probing(model: PreTrainedModel) -> Iterator[_Probe]:
+    """Eval mode with our attention function; afterwards (also on error) the model is as it was: every
+    module's training flag, every config's attention implementation, and the CPU and CUDA RNG states."""
+    global _active_probe
+    family = _family(model)
+    if not getattr(model, "_supports_attention_backend", False):
+        raise NotImplementedError(
+            f"{family} sets _supports_attention_backend=False: its attention does not go through transformers'"
+            " AttentionInterface, so its heads cannot be scored"
+        )
+    if not model._can_set_attn_implementation():
+        raise NotImplementedError(
+            f"{family} computes attention in its own code instead of transformers' AttentionInterface,"
+            " so its heads cannot be scored"
+        )
+    if _active_probe is not None:
+        raise RuntimeError("score_heads is already running (nested or concurrent calls are not supported)")
+    implementations = [(config, config._attn_implementation_internal) for config in _configs(model)]
+    modes = [(module, module.training) for module in model.modules()]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        model.set_attn_implementation(_text_request(model))
+        model.eval()
+        _active_probe = _Probe(family)
+        yield _active_probe
+    finally:
+        _active_probe = None
+        for config, implementation in implementations:
+            config._attn_implementation_internal = implementation
+        for module, training in modes:
+            module.training = training
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def _check_batch(index: int, batch: Mapping) -> dict[str, Tensor]:
+    """input_ids, attention_mask, labels [B, T] of batch `index`, or a ValueError naming what is wrong."""
+    missing = [name for name in ("input_ids", "attention_mask", "labels") if not isinstance(batch.get(name), Tensor)]
+    if missing:
+        raise ValueError(f"batch {index} lacks tensor(s) {missing}; pass dicts from lightning_sft.data.collate")
+    tensors = {name: batch[name] for name in ("input_ids", "attention_mask", "labels")}
+    shapes = {name: tuple(tensor.shape) for name, tensor in tensors.items()}
+    if len(set(shapes.values())) > 1 or len(shapes["input_ids"]) != 2:
+        raise ValueError(f"batch {index}: shapes disagree or are not [batch, length]: {shapes}")
+    targets = tensors["labels"][:, 1:].masked_fill(tensors["attention_mask"][:, 1:] == 0, IGNORE_INDEX)
+    if not (targets != IGNORE_INDEX).any():
+        raise ValueError(
+            f"batch {index}: no example has a supervised token (labels != {IGNORE_INDEX} after position 0);"
+            " label the responses, or drop these examples"
+        )
+    return tensors
+
+
+def _score_batch(model: PreTrainedModel, probe: _Probe, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """One forward + backward: scores [B, L, H] float32, losses [B] float32, kept [B] bool (has a
+    supervised token; the others' losses are NaN-free zeros and do not enter the backward)."""
+    device = model.device
+    # Clones: tensors made under inference mode cannot be saved for backward.
+    input_ids, attention_mask, labels = (batch[name].to(device).clone() for name in ("input_ids", "attention_mask", "labels"))
+    targets = labels[:, 1:].masked_fill(attention_mask[:, 1:] == 0, IGNORE_INDEX)
+    counts = (targets != IGNORE_INDEX).sum(1)
+    kept = counts > 0
+
+    embeddings = []
+
+    def as_leaf(module, args, output):
+        # The graph starts at the embedding output: gradients reach activations, never the weights.
+        embeddings.append(output.detach().requires_grad_())
+        return embeddings[-1]
+
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    if "position_ids" in inspect.signature(model.forward).parameters:
+        # Positions count real tokens only, so a left-padded example sees the positions it has alone.
+        inputs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    probe.layer_scores.clear()
+    handle = model.get_input_embeddings().register_forward_hook(as_leaf)
+    try:
+        logits = model(**inputs).logits
+    finally:
+        handle.remove()
+    num_layers = model.config.get_text_config(decoder=True).num_hidden_layers
+    missing = sorted(set(range(num_layers)) - set(probe.layer_scores))
+    if missing:
+        raise NotImplementedError(
+            f"{probe.family}: layers {missing} of {num_layers} never called the attention interface (not softmax"
+            " attention, or attention computed outside transformers' AttentionInterface), so their heads cannot be scored"
+        )
+    if len(embeddings) != 1:
+        raise NotImplementedError(f"{probe.family} called its input embedding {len(embeddings)} times in one forward; expected once")
+    token_losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    losses = token_losses.sum(1) / counts.clamp(min=1)
+    torch.autograd.grad(losses[kept].sum(), embeddings)
+    scores = torch.stack([probe.layer_scores[layer] for layer in range(num_layers)], dim=1)
+    return scores, losses.detach(), kept
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def score_heads(model: PreTrainedModel, batches: Iterable[Mapping[str, Tensor]], *, progress: bool = False) -> HeadScores:
+    """Eq. 1 for every example of `batches` (dicts with `input_ids`, `attention_mask`, `labels` [B, T]).
+
+    `model` is a transformers causal LM (any dtype, mode and attention implementation; left as found).
+    Under torch.distributed, batch i is scored on rank i % world and every rank returns the full result
+    (every rank must pass the same batches); every rank runs the same number of forward/backward passes
+    (extra ones discarded), as DeepSpeed ZeRO-3's parameter gathering needs. `progress` shows a progress
+    bar (rank 0). Raises NotImplementedError for families whose attention bypasses AttentionInterface.
+    """
+    batches = [_check_batch(index, batch) for index, batch in enumerate(batches)]
+    if not batches:
+        raise ValueError("score_heads got no batches; pass at least one batch of probe examples")
+    rank, world = _rank_and_world()
+    mine = list(range(rank, len(batches), world))
+    passes = math.ceil(len(batches) / world)
+    offsets = [0]
+    for batch in batches:
+        offsets.append(offsets[-1] + batch["input_ids"].shape[0])
+    per_example = losses = kept = None
+    device_type = model.device.type
+    with (_probing(model) as probe, torch.inference_mode(False), torch.enable_grad(),
+          torch.autocast(device_type, enabled=False), Progress(disable=not progress or rank != 0) as bar):
+        task = bar.add_task("Scoring heads", total=passes)
+        for step in range(passes):
+            index = mine[step] if step < len(mine) else None
+            # A rank out of batches repeats batch 0 and discards it, so all ranks run equally many passes.
+            scores, batch_losses, batch_kept = _score_batch(model, probe, batches[0 if index is None else index])
+            if per_example is None:
+                per_example = scores.new_zeros(offsets[-1], *scores.shape[1:])
+                losses = scores.new_zeros(offsets[-1])
+                kept = scores.new_zeros(offsets[-1])
+            if index is not None:
+                rows = slice(offsets[index], offsets[index + 1])
+                per_example[rows], losses[rows], kept[rows] = scores, batch_losses, batch_kept.float()
+            bar.advance(task)
+    if world > 1:
+        for tensor in (per_example, losses, kept):
+            dist.all_reduce(tensor)
+    kept = kept.bool().cpu()
+    return HeadScores(per_example.cpu()[kept], losses.cpu()[kept], skipped=int((~kept).sum()))
+
+
+def activation_pattern(model: PreTrainedModel, batches: Iterable[Mapping[str, Tensor]], *, per_example: bool = False) -> Tensor:
+    """Head-activation pattern, float32 [num_layers, num_heads] (mean of Eq. 1 over the examples with a
+    supervised token), or with `per_example` the scores [N, num_layers, num_heads] of those examples in
+    input order. See `score_heads`."""
+    scores = score_heads(model, batches)
+    return scores.per_example if per_example else scores.pattern
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Score a saved model on a probe file and write `pattern`, `per_example` and `losses` (safetensors)."""
+    parser = argparse.ArgumentParser(prog="python -m lightning_sft.patterns", description=main.__doc__)
+    parser.add_argument("--model", required=True, help="model directory written by save_pretrained (with its tokenizer)")
+    parser.add_argument("--probe", required=True, help="probe data file (.jsonl/.json/.parquet/.csv) in a training-data format")
+    parser.add_argument("--out", required=True, type=Path, help="output .safetensors file")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--max-examples", type=int, default=None)
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument("--format", default="auto", help="prompt_response, chat, text or auto (see lightning_sft.data)")
+    parser.add_argument("--adapter", default=None, help="benchmark adapter turning rows into prompt/response (e.g. gsm8k)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size}: pass a positive integer")
+    if not (Path(args.model) / "config.json").is_file():
+        parser.error(f"--model {args.model}: not a model directory (no config.json); pass a folder written by save_pretrained")
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lightning_sft.data import collate, load_examples
+    from lightning_sft.storage import save_scores
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    examples = load_examples(args.probe, tokenizer, format=args.format, adapter=args.adapter,
+                             max_length=args.max_length, max_examples=args.max_examples)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device)
+    batches = [collate(examples[start:start + args.batch_size], pad_token_id)
+               for start in range(0, len(examples), args.batch_size)]
+    scores = score_heads(model, batches, progress=True)
+    save_scores(args.out, scores.pattern, scores.per_example, scores.losses, metadata={
+        "model": str(args.model), "probe": str(args.probe), "dtype": args.dtype, "skipped": str(scores.skipped)})
+    layers, heads = scores.pattern.shape
+    print(f"wrote the [{layers}, {heads}] pattern of {len(scores.losses)} examples ({scores.skipped} skipped) to {args.out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

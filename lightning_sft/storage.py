@@ -1,0 +1,217 @@
+"""Saving and loading head-activation patterns (safetensors + a JSON index), and atomic file writes.
+
+Layout of a patterns directory (the callback writes `<log_dir>/head_patterns`):
+
+    <save_dir>/index.json                          what is there (below)
+    <save_dir>/<probe>/step_<step:08d>.safetensors `pattern` float32 [L, H]; optionally
+                                                   `per_example` float32 [N, L, H] and `losses` float32 [N]
+
+index.json = {"format_version": 1, "num_layers": L, "num_heads": H,
+              "probes": {probe: {"steps": [sorted ints], "metrics": {step: {name: float}}}},
+              "model": {...}  (only when given)}
+
+Every file is written atomically (temp file in the same directory, then `os.replace`), so a crash leaves
+either the old file or the new one, never a torn one. A pattern file is written before the index lists it.
+"""
+
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
+FORMAT_VERSION = 1
+INDEX_NAME = "index.json"
+PROBE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` via a temp file in the same directory and `os.replace` (parents created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        # os.open with 0o666 lets the umask set the permissions, as open() would (mkstemp forces 0o600).
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """`atomic_write_bytes` of `text` encoded as UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _float32(tensor: torch.Tensor | np.ndarray, name: str, ndim: int) -> torch.Tensor:
+    tensor = torch.as_tensor(tensor).detach().to(device="cpu", dtype=torch.float32).contiguous()
+    if tensor.ndim != ndim:
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)}; expected {ndim} dimensions")
+    return tensor
+
+
+def _check_scores(
+    pattern: torch.Tensor, per_example: torch.Tensor | None, losses: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """The tensors of one scored probe, float32 on CPU, with `per_example` [N, L, H] and `losses` [N] checked."""
+    tensors = {"pattern": pattern}
+    if per_example is not None:
+        per_example = _float32(per_example, "per_example", 3)
+        if per_example.shape[1:] != pattern.shape:
+            raise ValueError(
+                f"per_example has shape {tuple(per_example.shape)} but pattern has shape {tuple(pattern.shape)}; "
+                "pass per_example as [N, num_layers, num_heads]"
+            )
+        tensors["per_example"] = per_example
+    if losses is not None:
+        losses = _float32(losses, "losses", 1)
+        if per_example is not None and len(losses) != len(per_example):
+            raise ValueError(
+                f"losses has {len(losses)} values but per_example has {len(per_example)} examples; "
+                "pass one loss per example"
+            )
+        tensors["losses"] = losses
+    return tensors
+
+
+def load_index(save_dir: str | Path) -> dict[str, Any]:
+    """The index of a patterns directory, with the metric step keys as ints."""
+    path = Path(save_dir) / INDEX_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no patterns in {save_dir}: expected {path}, written by storage.save_pattern "
+            "(HeadActivationCallback writes it under <log_dir>/head_patterns)"
+        )
+    index = json.loads(path.read_text(encoding="utf-8"))
+    if index.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format_version {index.get('format_version')!r}; this version of lightning-sft "
+            f"reads format_version {FORMAT_VERSION}"
+        )
+    for entry in index["probes"].values():
+        entry["metrics"] = {int(step): values for step, values in entry["metrics"].items()}
+    return index
+
+
+def pattern_path(save_dir: str | Path, probe: str, step: int) -> Path:
+    """Where `save_pattern` writes the pattern of `probe` at `step`."""
+    return Path(save_dir) / probe / f"step_{step:08d}.safetensors"
+
+
+def save_pattern(
+    save_dir: str | Path,
+    probe: str,
+    step: int,
+    pattern: torch.Tensor | np.ndarray,
+    *,
+    per_example: torch.Tensor | np.ndarray | None = None,
+    losses: torch.Tensor | np.ndarray | None = None,
+    metrics: Mapping[str, float] | None = None,
+    model: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save one probe's pattern [L, H] at one optimizer step and record it (and `metrics`) in the index.
+
+    `model` describes the base model (e.g. {"name_or_path": ..., "class": ...}); it is stored in the index
+    and must not change within a directory. Saving a step again replaces it. Returns the pattern file.
+    """
+    if not PROBE_NAME.fullmatch(probe) or probe.startswith("."):
+        raise ValueError(
+            f"probe name {probe!r} is not allowed; use letters, digits, '_', '.', '-' and do not start with '.'"
+        )
+    if not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"step={step!r}; pass the optimizer step as an int >= 0")
+    step = int(step)
+    pattern = _float32(pattern, "pattern", 2)
+    tensors = _check_scores(pattern, per_example, losses)
+    metric_values = {name: float(value) for name, value in (metrics or {}).items()}
+    for name, value in metric_values.items():
+        if not np.isfinite(value):
+            raise ValueError(f"metric {name}={value} of probe {probe!r} at step {step} is not finite")
+    save_dir = Path(save_dir)
+    num_layers, num_heads = pattern.shape
+    try:
+        index = load_index(save_dir)
+    except FileNotFoundError:
+        index = {"format_version": FORMAT_VERSION, "num_layers": num_layers, "num_heads": num_heads, "probes": {}}
+    if (index["num_layers"], index["num_heads"]) != (num_layers, num_heads):
+        raise ValueError(
+            f"pattern has shape {(num_layers, num_heads)} but {save_dir / INDEX_NAME} holds patterns of shape "
+            f"{(index['num_layers'], index['num_heads'])}; save patterns of a different model to another directory"
+        )
+    if model is not None:
+        model = json.loads(json.dumps(dict(model)))  # what the index will hold, to compare like with like
+        if index.get("model", model) != model:
+            raise ValueError(
+                f"model {model} differs from {index['model']} recorded in {save_dir / INDEX_NAME}; "
+                "save patterns of a different model to another directory"
+            )
+        index["model"] = model
+
+    path = pattern_path(save_dir, probe, step)
+    metadata = {"format_version": str(FORMAT_VERSION), "probe": probe, "step": str(step)}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    entry = index["probes"].setdefault(probe, {"steps": [], "metrics": {}})
+    entry["steps"] = sorted(set(entry["steps"]) | {step})
+    if metric_values:
+        entry["metrics"][step] = metric_values
+    entry["metrics"] = dict(sorted(entry["metrics"].items()))
+    atomic_write_text(save_dir / INDEX_NAME, json.dumps(index, indent=1) + "\n")
+    return path
+
+
+def load_pattern_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of one pattern or scores file: `pattern` and, when saved, `per_example` and `losses`."""
+    return load_file(Path(path))
+
+
+def load_patterns(save_dir: str | Path) -> dict[str, dict[int, torch.Tensor]]:
+    """{probe: {step: pattern float32 [L, H]}} for every probe in the index, steps ascending."""
+    index = load_index(save_dir)
+    if not index["probes"]:
+        raise FileNotFoundError(f"{Path(save_dir) / INDEX_NAME} lists no probes; save a pattern first")
+    expected = (index["num_layers"], index["num_heads"])
+    patterns = {}
+    for probe, entry in index["probes"].items():
+        patterns[probe] = {}
+        for step in entry["steps"]:
+            path = pattern_path(save_dir, probe, step)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is listed in the index but missing; the directory is incomplete")
+            with safe_open(path, framework="pt") as file:
+                pattern = file.get_tensor("pattern")
+            if tuple(pattern.shape) != expected:
+                raise ValueError(f"{path} holds a pattern of shape {tuple(pattern.shape)}, the index says {expected}")
+            patterns[probe][step] = pattern
+    return patterns
+
+
+def save_scores(
+    path: str | Path,
+    pattern: torch.Tensor | np.ndarray,
+    per_example: torch.Tensor | np.ndarray,
+    losses: torch.Tensor | np.ndarray,
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Save one standalone scored probe set as safetensors: `pattern` [L, H], `per_example` [N, L, H] and
+    `losses` [N] (float32), with string `metadata` (e.g. model and data source); read with `load_pattern_file`.
+    """
+    metadata = dict(metadata or {})
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise ValueError(f"metadata[{key!r}]={value!r} is not a str; safetensors metadata holds strings only")
+    tensors = _check_scores(_float32(pattern, "pattern", 2), per_example, losses)
+    path = Path(path)
+    atomic_write_bytes(path, save(tensors, metadata={"format_version": str(FORMAT_VERSION), **metadata}))
+    return path

@@ -1,0 +1,36 @@
+"""Shared fixtures: an offline tokenizer and tiny models built from configs (no downloads)."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lightning_sft.tokenizer import byte_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """Nothing in the tests may reach a hub."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return byte_tokenizer()
+
+
+def tiny_llama_config(**overrides) -> LlamaConfig:
+    """2 layers, 4 query heads over 2 key/value heads (grouped-query attention), byte vocabulary."""
+    settings = dict(
+        vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )
+    settings.update(overrides)
+    return LlamaConfig(**settings)
+
+
+@pytest.fixture
+def tiny_llama():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config()).eval()

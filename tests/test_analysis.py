@@ -1,0 +1,350 @@
+"""`python -m lightning_sft.analysis`: every command on patterns scored from a tiny Llama at several "steps"
+(weights perturbed between steps), outputs read back and checked against numpy computations."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from lightning_sft import stats
+from lightning_sft.adapters import ADAPTERS
+from lightning_sft.analysis.__main__ import main
+from lightning_sft.data import collate, load_examples, tokenize_rows
+from lightning_sft.patterns import activation_pattern, score_heads
+from lightning_sft.storage import save_pattern
+from tests.conftest import tiny_llama_config
+
+DATA = Path(__file__).parents[2] / "shared" / "data"
+FILES = {"gsm8k": "gsm8k.jsonl", "math": "math.jsonl", "arc": "arc_challenge.jsonl",
+         "winogrande": "winogrande.jsonl", "mmlu": "mmlu.jsonl"}
+STEPS = (0, 1, 2, 4)
+# Two fine-tuning runs of one model, each probing three tasks; both probe gsm8k.
+RUNS = {"gsm8k_task/version_0": ("gsm8k", "arc", "winogrande"), "math_task/version_0": ("math", "mmlu", "gsm8k")}
+
+
+def _short_rows(task: str, count: int, start: int = 0) -> list[dict]:
+    """Prompt/response rows cut short from a benchmark file, so that tiny models score them in milliseconds."""
+    rows = [ADAPTERS[task](json.loads(line)) for line in (DATA / FILES[task]).read_text().splitlines()]
+    return [{"id": f"{task}-{i}", "prompt": rows[i]["prompt"][:30], "response": rows[i]["response"][:20]}
+            for i in range(start, start + count)]
+
+
+def _probe_batch(tokenizer, task: str) -> dict:
+    return collate(tokenize_rows(_short_rows(task, 3), tokenizer, max_length=64), tokenizer.pad_token_id)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tokenizer):
+    """{run label: {probe: {step: float64 [2, 4]}}} as scored, saved under `<root>/<run>/head_patterns`."""
+    root = tmp_path_factory.mktemp("logs")
+    batches = {task: _probe_batch(tokenizer, task) for task in FILES}
+    scored = {}
+    for seed, (run, probes) in enumerate(RUNS.items(), start=1):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(tiny_llama_config()).eval()
+        generator = torch.Generator().manual_seed(seed)
+        direction = {name: torch.randn(p.shape, generator=generator) for name, p in model.named_parameters()}
+        scored[run] = {probe: {} for probe in probes}
+        previous = 0
+        for step in STEPS:
+            with torch.no_grad():  # a stand-in for `step - previous` optimizer steps
+                for name, parameter in model.named_parameters():
+                    parameter.add_(0.003 * (step - previous) * direction[name])
+            previous = step
+            # One scorer call per step (the scorer's setup dominates at this size); 3 examples per probe.
+            scores = score_heads(model, [batches[probe] for probe in probes])
+            assert scores.skipped == 0
+            per_example = scores.per_example
+            for position, probe in enumerate(probes):
+                pattern = per_example[3 * position:3 * position + 3].mean(0)
+                save_pattern(root / run / "head_patterns", probe, step, pattern, model={"name_or_path": "tiny"})
+                scored[run][probe][step] = pattern.double().numpy()
+    return root, scored
+
+
+def _merged(scored) -> dict[str, dict[int, np.ndarray]]:
+    """The names the analysis gives: gsm8k is in both runs, so it is prefixed by its run."""
+    return {(f"{run}/{probe}" if probe == "gsm8k" else probe): steps
+            for run, probes in scored.items() for probe, steps in probes.items()}
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _run(capsys, *argv) -> str:
+    main([str(arg) for arg in argv])
+    return capsys.readouterr().out
+
+
+def _fails(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in argv])
+    assert exit_info.value.code == 1
+    return capsys.readouterr().err
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    x, y = a.ravel() - a.mean(), b.ravel() - b.mean()
+    return float(x @ y / np.sqrt((x @ x) * (y @ y)))
+
+
+def test_stats_table(runs, capsys, tmp_path):
+    root, scored = runs
+    printed = _run(capsys, "stats", root / "gsm8k_task/version_0", "--out", tmp_path)
+    rows = _read_csv(tmp_path / "stats.csv")
+    assert [row["probe"] for row in rows] == ["gsm8k", "arc", "winogrande"]
+    for row in rows:
+        steps = scored["gsm8k_task/version_0"][row["probe"]]
+        assert (int(row["base_step"]), int(row["last_step"])) == (0, 4)
+        for when, pattern in (("base", steps[0]), ("last", steps[4])):
+            values = pattern.ravel()
+            gini = np.abs(values[:, None] - values[None, :]).sum() / (2 * values.size**2 * values.mean())
+            centered = values - values.mean()
+            assert float(row[f"gini_{when}"]) == pytest.approx(gini, rel=1e-9)
+            assert float(row[f"cv_{when}"]) == pytest.approx(values.std() / values.mean(), rel=1e-9)
+            assert float(row[f"kurtosis_{when}"]) == pytest.approx(
+                np.mean(centered**4) / np.mean(centered**2) ** 2, rel=1e-9)
+    assert (tmp_path / "stats.md").read_text() in printed
+    assert printed.splitlines()[0].startswith("| probe | base_step | last_step | gini_base")
+    assert f"| arc | 0 | 4 | {float(rows[1]['gini_base']):.4f} |" in printed
+
+
+def test_similarity_heatmaps(runs, capsys, tmp_path):
+    root, scored = runs
+    _run(capsys, "similarity", *(root / run for run in RUNS), "--out", tmp_path)
+    merged = _merged(scored)
+    names = list(merged)
+    assert "gsm8k_task/version_0/gsm8k" in names and "math_task/version_0/gsm8k" in names
+    expected = {
+        "change": {name: steps[4] - steps[0] for name, steps in merged.items()},
+        "base": {name: steps[0] for name, steps in merged.items()},
+        "last": {name: steps[4] for name, steps in merged.items()},
+    }
+    for kind, patterns in expected.items():
+        rows = _read_csv(tmp_path / f"similarity_{kind}.csv")
+        assert [row["probe"] for row in rows] == names
+        for row in rows:
+            for column in names:
+                assert float(row[column]) == pytest.approx(_pearson(patterns[row["probe"]], patterns[column]),
+                                                           abs=1e-12)
+        image = matplotlib.image.imread(tmp_path / f"similarity_{kind}.png")
+        assert image.shape == (round(100 * (1.6 + 0.8 * 6)), round(100 * (2.0 + 0.9 * 6)), 4)
+    # Both runs start from the same base model, so gsm8k's base pattern is the same in both.
+    base = _read_csv(tmp_path / "similarity_base.csv")
+    assert float(base[0]["math_task/version_0/gsm8k"]) == pytest.approx(1.0)
+
+
+def test_drift_curves(runs, capsys, tmp_path):
+    root, scored = runs
+    printed = _run(capsys, "drift", *(root / run for run in RUNS), "--out", tmp_path)
+    merged = _merged(scored)
+    rows = _read_csv(tmp_path / "drift.csv")
+    assert [(row["probe"], int(row["step"])) for row in rows] == [(p, s) for p in merged for s in STEPS]
+    for row in rows:
+        steps = merged[row["probe"]]
+        pattern, base = steps[int(row["step"])], steps[0]
+        assert float(row["pearson"]) == pytest.approx(_pearson(pattern, base), abs=1e-12)
+        assert float(row["mse"]) == pytest.approx(np.mean((pattern - base) ** 2), rel=1e-9, abs=1e-30)
+    assert float(rows[3]["pearson"]) < 1.0 and float(rows[3]["mse"]) > 0
+    assert "| arc | 4 |" in printed
+    assert matplotlib.image.imread(tmp_path / "drift.png").shape == (420, 1100, 4)
+
+
+def test_compose_ranks_every_subset(runs, capsys, tmp_path):
+    root, scored = runs
+    merged = _merged(scored)
+    bases = ["arc", "winogrande", "mmlu"]
+    printed = _run(capsys, "compose", *(root / run for run in RUNS), "--target", "math", "--bases", *bases,
+                   "--subset-size", 2, "--out", tmp_path)
+    rows = _read_csv(tmp_path / "compose.csv")
+    assert len(rows) == 3 and [int(row["rank"]) for row in rows] == [1, 2, 3]
+    y = (merged["math"][4] - merged["math"][0]).ravel()
+    r2 = [float(row["r2"]) for row in rows]
+    assert r2 == sorted(r2, reverse=True)
+    for row in rows:
+        subset = row["bases"].split("+")
+        design = np.stack([(merged[name][4] - merged[name][0]).ravel() for name in subset], axis=1)
+        beta = np.linalg.solve(design.T @ design, design.T @ y)
+        residual = y - design @ beta
+        assert float(row["r2"]) == pytest.approx(1 - residual @ residual / np.sum((y - y.mean()) ** 2), rel=1e-6)
+        for name in bases:
+            cell = row[f"coefficient_{name}"]
+            if name in subset:
+                assert float(cell) == pytest.approx(beta[subset.index(name)], rel=1e-6)
+            else:
+                assert cell == ""
+    assert printed.startswith("Target: math") and (tmp_path / "compose.md").read_text() in printed
+    image = matplotlib.image.imread(tmp_path / "compose.png")
+    assert image.shape == (round(100 * (1.2 + 0.32 * 3)), 750, 4)
+
+
+def test_mix_draws_proportional_rows_reproducibly(capsys, tmp_path):
+    datasets = {"A": DATA / "gsm8k.jsonl", "B": DATA / "math.jsonl", "C": DATA / "winogrande.jsonl"}
+    argv = ["mix", "--coefficients", "A=0.6", "B=0.3", "C=-0.1", "--datasets",
+            *(f"{name}={path}" for name, path in datasets.items()), "--total", 20, "--top-k", 2, "--seed", 3]
+    printed = _run(capsys, *argv, "--out", tmp_path / "mix.jsonl")
+    sources = {name: {json.dumps(json.loads(line), sort_keys=True) for line in path.read_text().splitlines()}
+               for name, path in datasets.items()}
+    lines = (tmp_path / "mix.jsonl").read_text().splitlines()
+    drawn = [json.dumps(json.loads(line), sort_keys=True) for line in lines]
+    assert len(set(drawn)) == 20  # without replacement
+    # quotas 13.33 and 6.67: floors 13 + 6, the leftover row to B's larger remainder
+    assert sum(row in sources["A"] for row in drawn) == 13 and sum(row in sources["B"] for row in drawn) == 7
+    assert sorted(map(len, (json.loads(line) for line in lines)))[0] >= 2  # whole rows, fields unchanged
+    assert "| A | 0.6000 | 13 |" in printed
+
+    _run(capsys, *argv, "--out", tmp_path / "again.jsonl")
+    assert (tmp_path / "again.jsonl").read_text() == (tmp_path / "mix.jsonl").read_text()
+    argv[argv.index("--seed") + 1] = 4
+    _run(capsys, *argv, "--out", tmp_path / "other.jsonl")
+    assert (tmp_path / "other.jsonl").read_text() != (tmp_path / "mix.jsonl").read_text()
+    assert [row in sources["A"] for row in drawn] != [True] * 13 + [False] * 7  # shuffled, not in blocks
+
+    error = _fails(capsys, "mix", "--coefficients", "A=1", "--datasets", f"A={datasets['A']}", "--total", 301,
+                   "--out", tmp_path / "too_many.jsonl")
+    assert f"dataset A ({datasets['A']}) has 300 rows but the mixture asks for 301" in error
+    error = _fails(capsys, "mix", "--coefficients", "A=1", "B=2", "--datasets", f"A={datasets['A']}", "--total", 5,
+                   "--out", tmp_path / "missing.jsonl")
+    assert "no --datasets entry for B" in error
+    assert not (tmp_path / "too_many.jsonl").exists() and not (tmp_path / "missing.jsonl").exists()
+
+
+def test_mix_from_compose_csv(runs, capsys, tmp_path):
+    root, _ = runs
+    bases = ["arc", "winogrande", "mmlu"]
+    _run(capsys, "compose", *(root / run for run in RUNS), "--target", "math", "--bases", *bases,
+         "--subset-size", 3, "--out", tmp_path)
+    [fit] = _read_csv(tmp_path / "compose.csv")
+    coefficients = {name: float(fit[f"coefficient_{name}"]) for name in bases}
+    positive = {name: value for name, value in coefficients.items() if value > 0}
+    assert positive, f"the fixture's fit has no positive coefficient: {coefficients}"
+    _run(capsys, "mix", "--from-compose", tmp_path / "compose.csv", "--datasets",
+         *(f"{name}={DATA / FILES[name]}" for name in bases), "--total", 30, "--out", tmp_path / "mix.jsonl")
+    quotas = {name: 30 * value / sum(positive.values()) for name, value in positive.items()}
+    floors = {name: int(np.floor(quota)) for name, quota in quotas.items()}
+    for name in sorted(quotas, key=lambda n: floors[n] - quotas[n])[:30 - sum(floors.values())]:
+        floors[name] += 1
+    drawn = [json.dumps(json.loads(line), sort_keys=True) for line in (tmp_path / "mix.jsonl").read_text().splitlines()]
+    for name in bases:
+        source = {json.dumps(json.loads(line), sort_keys=True) for line in (DATA / FILES[name]).read_text().splitlines()}
+        assert sum(row in source for row in drawn) == floors.get(name, 0)
+
+
+def test_run_discovery_and_bad_runs(runs, capsys, tmp_path):
+    root, scored = runs
+    for version in ("version_0", "version_1"):
+        save_pattern(tmp_path / "logs" / version / "head_patterns", "arc", 0, torch.rand(2, 4))
+        save_pattern(tmp_path / "logs" / version / "head_patterns", "arc", 3, torch.rand(2, 4))
+    main(["stats", str(tmp_path / "logs")])
+    captured = capsys.readouterr()
+    latest = tmp_path / "logs" / "version_1" / "head_patterns"
+    assert f"holds 2 patterns directories; using the latest, {latest}" in captured.err
+
+    (tmp_path / "empty" / "version_0").mkdir(parents=True)
+    error = _fails(capsys, "stats", tmp_path / "empty")
+    assert f"no patterns under {tmp_path / 'empty'}" in error and "head_patterns" in error
+
+    save_pattern(tmp_path / "big" / "head_patterns", "arc", 0, torch.rand(3, 4))
+    error = _fails(capsys, "stats", root / "gsm8k_task/version_0", tmp_path / "big")
+    assert "runs of different models" in error and "(2, 4)" in error and "(3, 4)" in error
+    assert str(root / "gsm8k_task/version_0") in error and str(tmp_path / "big") in error
+
+    save_pattern(tmp_path / "other_model" / "head_patterns", "mmlu", 0, torch.rand(2, 4), model={"name_or_path": "b"})
+    error = _fails(capsys, "stats", root / "gsm8k_task/version_0", tmp_path / "other_model")
+    assert "runs of different models" in error and "'tiny'" in error and "'b'" in error
+
+    save_pattern(tmp_path / "one_step" / "head_patterns", "arc", 0, torch.rand(2, 4))
+    error = _fails(capsys, "drift", tmp_path / "one_step", "--out", tmp_path / "out")
+    assert "probe 'arc' has a pattern at step 0 only" in error
+
+
+def test_unknown_probe_names(runs, capsys, tmp_path):
+    root, _ = runs
+    run = root / "gsm8k_task/version_0"
+    error = _fails(capsys, "compose", run, "--target", "math", "--bases", "arc", "winogrande", "--subset-size", 1)
+    assert "target probe 'math' not found; the probes are: gsm8k, arc, winogrande" in error
+    error = _fails(capsys, "compose", run, "--target", "gsm8k", "--bases", "arc", "hellaswag", "mmlu",
+                   "--subset-size", 1)
+    assert "--bases probe 'hellaswag', 'mmlu' not found; the probes are: gsm8k, arc, winogrande" in error
+    error = _fails(capsys, "compose", run, "--target", "gsm8k", "--bases", "arc", "gsm8k", "--subset-size", 1)
+    assert "target 'gsm8k' is also in --bases" in error
+    error = _fails(capsys, "compose", run, "--target", "gsm8k", "--bases", "arc", "--subset-size", 2)
+    assert "subset_size=2 but there are 1 bases (arc)" in error
+
+
+def test_module_entry_point(runs):
+    root, _ = runs
+    result = subprocess.run([sys.executable, "-m", "lightning_sft.analysis", "stats", str(root / "math_task/version_0")],
+                            capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "| mmlu | 0 | 4 |" in result.stdout
+
+
+# --- select (Scenario 2) -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config()).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_select_ranks_pool_rows_by_pattern(model_dir, tokenizer, capsys, tmp_path):
+    target = tmp_path / "target.jsonl"
+    target.write_text("".join(json.dumps(row) + "\n" for row in _short_rows("math", 3)))
+    pool_rows = _short_rows("gsm8k", 3) + _short_rows("math", 3, start=10)
+    pool_rows.insert(2, {"id": "long", "prompt": "x" * 200, "response": "y"})  # truncated away at 64 tokens
+    lines = [json.dumps(row, indent=None, separators=(", ", ": ")) for row in pool_rows]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("\n".join(lines[:4]) + "\n\n" + "\n".join(lines[4:]) + "\n")  # a blank line is not a row
+
+    printed = _run(capsys, "select", "--model", model_dir, "--target", target, "--pool", pool, "--k", 3,
+                   "--out", tmp_path / "chosen.jsonl", "--max-length", 64, "--batch-size", 2)
+    chosen = (tmp_path / "chosen.jsonl").read_text().splitlines()
+
+    model = LlamaForCausalLM.from_pretrained(model_dir).eval()
+    target_pattern = activation_pattern(model, [collate(load_examples(target, tokenizer, max_length=64), 0)])
+    kept = [line for line, row in zip(lines, pool_rows) if row["id"] != "long"]
+    correlations = []
+    for line in kept:
+        [example] = tokenize_rows([json.loads(line)], tokenizer, max_length=64)
+        pattern = activation_pattern(model, [collate([example], 0)])
+        correlations.append(_pearson(pattern.double().numpy(), target_pattern.double().numpy()))
+    expected = [kept[i] for i in np.argsort(-np.array(correlations), kind="stable")[:3]]
+    assert chosen == expected  # the original lines, unchanged, best first
+    assert "selected 3 of 7 pool rows (1 without supervised tokens skipped)" in printed
+    assert f"{max(correlations):.4f} (best)" in printed
+
+
+def test_select_refuses_malformed_pool_rows(model_dir, capsys, tmp_path):
+    target = tmp_path / "target.jsonl"
+    target.write_text("".join(json.dumps(row) + "\n" for row in _short_rows("math", 2)))
+    good = [json.dumps(row) for row in _short_rows("gsm8k", 3)]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("\n".join([good[0], good[1], '{"prompt": "unterminated', good[2]]) + "\n")
+    error = _fails(capsys, "select", "--model", model_dir, "--target", target, "--pool", pool, "--k", 1,
+                   "--out", tmp_path / "chosen.jsonl")
+    assert f"{pool} row 3 is not valid JSON" in error
+
+    pool.write_text("\n".join([good[0], json.dumps({"question": "no response field"}), good[2]]) + "\n")
+    error = _fails(capsys, "select", "--model", model_dir, "--target", target, "--pool", pool, "--k", 1,
+                   "--out", tmp_path / "chosen.jsonl")
+    assert f"{pool} row 2 cannot be formatted: " in error and "the row has ['question']" in error
+
+    pool.write_text("\n".join([good[0], good[1]]) + "\n")
+    error = _fails(capsys, "select", "--model", model_dir, "--target", target, "--pool", pool, "--k", 3,
+                   "--out", tmp_path / "chosen.jsonl")
+    assert "--k 3 but only 2 of the 2 pool rows can be scored" in error
+    assert not (tmp_path / "chosen.jsonl").exists()

@@ -1,0 +1,275 @@
+"""HeadActivationCallback in real fits: schedule, logged values, saved patterns, resume, no effect on training."""
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader
+from transformers import LlamaForCausalLM
+
+from callbacks import HeadActivationCallback
+from lightning_sft.data import collate, load_examples
+from lightning_sft.patterns import activation_pattern
+from lightning_sft.storage import load_index, load_patterns
+from lightning_sft.tokenizer import byte_tokenizer
+from tests.conftest import tiny_llama_config
+
+
+class HandWrittenModule(L.LightningModule):
+    """A user's own LightningModule: the transformers model lives in `self.net`."""
+
+    def __init__(self, gradient_checkpointing: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = LlamaForCausalLM(tiny_llama_config())
+        if gradient_checkpointing:
+            self.net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.tokenizer = byte_tokenizer()
+
+    def training_step(self, batch, batch_idx):
+        return self.net(**batch).loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=5e-3)
+
+
+def write_probe(path: Path, offset: int, count: int = 6) -> Path:
+    path.write_text("".join(
+        json.dumps({"prompt": f"{i + offset}*2=", "response": str(2 * (i + offset))}) + "\n" for i in range(count)
+    ))
+    return path
+
+
+@pytest.fixture
+def probes(tmp_path, tokenizer):
+    pre_tokenized = [{"input_ids": [1, 40, 41, 42, 43], "labels": [-100, -100, 41, 42, 43]},
+                     {"input_ids": [1, 50, 51, 52], "labels": [-100, 50, 51, 52]}]
+    return {"doubling": str(write_probe(tmp_path / "doubling.jsonl", 0)),
+            "big": str(write_probe(tmp_path / "big.jsonl", 500)),
+            "tokens": pre_tokenized}
+
+
+def train_loader(tokenizer, count: int = 32, batch_size: int = 4):
+    rows = [{"input_ids": tokenizer(f"{i}+{i}={2 * i}")["input_ids"]} for i in range(count)]
+    examples = [{"input_ids": r["input_ids"], "labels": r["input_ids"]} for r in rows]
+    return DataLoader(examples, batch_size=batch_size, collate_fn=lambda b: collate(b, tokenizer.pad_token_id))
+
+
+def make_trainer(tmp_path, callbacks, max_steps=4, logger=True, **kwargs):
+    if logger is True:
+        logger = TensorBoardLogger(tmp_path, name="logs")
+    return L.Trainer(max_steps=max_steps, accelerator="cpu", logger=logger, callbacks=callbacks,
+                     enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                     enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks), **kwargs)
+
+
+def independent_gini(values: np.ndarray) -> float:
+    values = values.ravel()
+    return float(np.abs(values[:, None] - values[None, :]).sum() / (2 * values.size ** 2 * values.mean()))
+
+
+def test_fit_in_hand_written_module_logs_and_saves(tmp_path, probes, tokenizer):
+    module = HandWrittenModule()
+    base_model = LlamaForCausalLM(tiny_llama_config())
+    base_model.load_state_dict(module.net.state_dict())
+    callback = HeadActivationCallback(probes, batch_size=4)
+    trainer = make_trainer(tmp_path, [callback], max_steps=5)
+    trainer.fit(module, train_loader(tokenizer))
+
+    save_dir = Path(trainer.log_dir) / "head_patterns"
+    patterns = load_patterns(save_dir)
+    assert set(patterns) == set(probes)
+    assert sorted(patterns["doubling"]) == [0, 1, 2, 4, 5]  # log-spaced, plus the end of training
+
+    examples = load_examples(probes["doubling"], tokenizer)
+    batches = [collate(examples, tokenizer.pad_token_id)]
+    module.net.eval()
+    torch.testing.assert_close(patterns["doubling"][5], activation_pattern(module.net, batches), rtol=1e-5, atol=0)
+    torch.testing.assert_close(patterns["doubling"][0], activation_pattern(base_model, batches), rtol=1e-5, atol=0)
+
+    events = EventAccumulator(trainer.log_dir, size_guidance={"images": 0, "histograms": 0}).Reload()
+    tags = events.Tags()
+    for name in probes:
+        for statistic in ("gini", "cv", "kurtosis", "mean"):
+            assert f"head_activation/{name}/{statistic}" in tags["scalars"]
+        for tag in (f"head_drift/{name}/pearson", f"head_drift/{name}/mse", f"head_probe/{name}/loss"):
+            assert [e.step for e in events.Scalars(tag)] == [0, 1, 2, 4, 5]
+        assert f"head_activation/{name}/pattern" in tags["images"]
+        assert f"head_activation/{name}/change" in tags["images"]
+        assert f"head_activation/{name}/scores" in tags["histograms"]
+    assert "head_similarity/change_correlation" in tags["images"]
+    assert "head_similarity/big/doubling" in tags["scalars"] or "head_similarity/doubling/big" in tags["scalars"]
+
+    last = patterns["doubling"][5].numpy()
+    gini_logged = events.Scalars("head_activation/doubling/gini")[-1].value
+    assert gini_logged == pytest.approx(independent_gini(last), rel=1e-5)
+    drift = events.Scalars("head_drift/doubling/mse")[-1].value
+    assert drift == pytest.approx(float(((last - patterns["doubling"][0].numpy()) ** 2).mean()), rel=1e-5)
+    assert events.Scalars("head_drift/doubling/pearson")[0].value == pytest.approx(1.0)
+    index = load_index(save_dir)
+    assert index["probes"]["doubling"]["metrics"][5]["head_activation/gini"] == pytest.approx(gini_logged, rel=1e-6)
+
+
+def test_callback_does_not_change_training(tmp_path, probes, tokenizer):
+    weights = []
+    for callbacks in ([], [HeadActivationCallback(probes, every_n_steps=1)]):
+        L.seed_everything(3)
+        module = HandWrittenModule()
+        make_trainer(tmp_path / str(len(callbacks)), callbacks, max_steps=4).fit(module, train_loader(tokenizer))
+        weights.append(module.net.state_dict())
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+
+
+def test_gradient_accumulation_probes_on_optimizer_steps_only(tmp_path, probes, tokenizer):
+    callback = HeadActivationCallback({"doubling": probes["doubling"]}, every_n_steps=1, probe_at_end=False)
+    trainer = make_trainer(tmp_path, [callback], max_steps=3, accumulate_grad_batches=3)
+    calls = []
+    original = callback._probe
+    callback._probe = lambda t, m: (calls.append((t.global_step, t.fit_loop.epoch_loop.batch_progress.current.ready)),
+                                    original(t, m))
+    trainer.fit(HandWrittenModule(), train_loader(tokenizer, count=36))  # 9 micro-batches: 3 full steps
+    assert [step for step, _ in calls] == [0, 1, 2, 3]
+    assert [batches for _, batches in calls[1:]] == [3, 6, 9]  # after the last micro-batch of each step
+    assert sorted(load_patterns(Path(trainer.log_dir) / "head_patterns")["doubling"]) == [0, 1, 2, 3]
+
+
+def test_resume_keeps_base_pattern_and_probes_no_step_twice(tmp_path, probes, tokenizer):
+    def run(directory, max_steps, ckpt_path=None):
+        L.seed_everything(5)
+        module = HandWrittenModule()
+        callback = HeadActivationCallback({"doubling": probes["doubling"]}, steps=[0, 1, 2, 3, 4],
+                                          save_dir=str(directory / "patterns"))
+        checkpoint = ModelCheckpoint(dirpath=directory / "ckpt", every_n_train_steps=2, save_top_k=-1)
+        trainer = make_trainer(directory, [callback, checkpoint], max_steps=max_steps)
+        # two batches an epoch: the step-2 checkpoint falls on an epoch boundary, where a plain
+        # DataLoader resumes exactly (SFTDataModule's loader also resumes mid-epoch)
+        trainer.fit(module, train_loader(tokenizer, count=8), ckpt_path=ckpt_path)
+        return callback, trainer
+
+    whole, _ = run(tmp_path / "whole", 4)
+    first, _ = run(tmp_path / "resumed", 2)
+    calls = []
+    resumed_callback, trainer = None, None
+    import callbacks.head_activation as head_activation
+
+    original = head_activation.score_heads
+    head_activation.score_heads = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    try:
+        resumed_callback, trainer = run(tmp_path / "resumed", 4, ckpt_path=str(tmp_path / "resumed" / "ckpt" / "epoch=0-step=2.ckpt"))
+    finally:
+        head_activation.score_heads = original
+    assert resumed_callback.done_steps == [0, 1, 2, 3, 4]
+    assert len(calls) == 2  # steps 3 and 4 only
+    torch.testing.assert_close(resumed_callback.base_patterns["doubling"], whole.base_patterns["doubling"])
+    resumed = load_patterns(tmp_path / "resumed" / "patterns")["doubling"]
+    uninterrupted = load_patterns(tmp_path / "whole" / "patterns")["doubling"]
+    assert sorted(resumed) == sorted(uninterrupted) == [0, 1, 2, 3, 4]
+    for step in uninterrupted:
+        torch.testing.assert_close(resumed[step], uninterrupted[step], rtol=1e-5, atol=0)
+
+
+def test_two_instances_keep_their_own_state(tmp_path, probes, tokenizer):
+    frequent = HeadActivationCallback({"doubling": probes["doubling"]}, every_n_steps=1, probe_at_end=False)
+    rare = HeadActivationCallback({"big": probes["big"]}, steps=[0, 3], probe_at_end=False)
+    assert frequent.state_key != rare.state_key
+    trainer = make_trainer(tmp_path, [frequent, rare], max_steps=3)
+    trainer.fit(HandWrittenModule(), train_loader(tokenizer))
+    assert frequent.done_steps == [0, 1, 2, 3] and rare.done_steps == [0, 3]
+    saved = load_patterns(Path(trainer.log_dir) / "head_patterns")
+    assert sorted(saved["doubling"]) == [0, 1, 2, 3] and sorted(saved["big"]) == [0, 3]
+    assert rare.state_dict()["done_steps"] == [0, 3]
+    assert set(frequent.state_dict()["base_patterns"]) == {"doubling"}
+
+
+def test_two_instances_writing_the_same_probe_to_one_place_is_an_error(tmp_path, probes, tokenizer):
+    first = HeadActivationCallback({"doubling": probes["doubling"]}, steps=[0])
+    second = HeadActivationCallback({"doubling": probes["doubling"]}, steps=[0, 2])
+    with pytest.raises(ValueError, match="doubling"):
+        make_trainer(tmp_path, [first, second], max_steps=2).fit(HandWrittenModule(), train_loader(tokenizer))
+
+
+def test_no_logger_still_saves_and_warns_once(tmp_path, probes, tokenizer):
+    callback = HeadActivationCallback({"doubling": probes["doubling"]}, steps=[0, 2])
+    trainer = make_trainer(tmp_path, [callback], max_steps=2, logger=False)
+    with pytest.warns(UserWarning, match="no logger") as record:
+        trainer.fit(HandWrittenModule(), train_loader(tokenizer))
+    assert sum("no logger" in str(w.message) for w in record) == 1
+    assert str(tmp_path / "head_patterns") in str([w.message for w in record if "no logger" in str(w.message)][0])
+    assert sorted(load_patterns(tmp_path / "head_patterns")["doubling"]) == [0, 2]
+
+
+def test_other_loggers_get_scalars_through_log_metrics(tmp_path, probes, tokenizer):
+    logger = CSVLogger(tmp_path, name="csv")
+    callback = HeadActivationCallback({"doubling": probes["doubling"]}, steps=[0, 2], probe_at_end=False)
+    trainer = make_trainer(tmp_path, [callback], max_steps=2, logger=logger)
+    trainer.fit(HandWrittenModule(), train_loader(tokenizer))
+    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    logged = [row for row in rows if row.get("head_drift/doubling/pearson")]
+    assert [int(row["step"]) for row in logged] == [0, 2]
+    saved = load_patterns(Path(logger.log_dir) / "head_patterns")["doubling"]
+    assert float(logged[1]["head_drift/doubling/mse"]) == pytest.approx(
+        float(((saved[2] - saved[0]) ** 2).mean()), rel=1e-5)
+
+
+def test_works_with_gradient_checkpointing(tmp_path, probes, tokenizer):
+    callback = HeadActivationCallback({"doubling": probes["doubling"]}, steps=[0, 2])
+    module = HandWrittenModule(gradient_checkpointing=True)
+    trainer = make_trainer(tmp_path, [callback], max_steps=2)
+    trainer.fit(module, train_loader(tokenizer))
+    examples = load_examples(probes["doubling"], tokenizer)
+    module.net.eval()
+    expected = activation_pattern(module.net, [collate(examples, tokenizer.pad_token_id)])
+    torch.testing.assert_close(load_patterns(Path(trainer.log_dir) / "head_patterns")["doubling"][2], expected,
+                               rtol=1e-5, atol=0)
+    assert module.net.is_gradient_checkpointing
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "missing"), ("", "empty"), ('{"prompt": "1", "response": "2"}\n{not json\n', ":2"),
+])
+def test_bad_probe_set_fails_at_fit_start_with_its_name(tmp_path, tokenizer, content, message):
+    path = tmp_path / "broken.jsonl"
+    if content is not None:
+        path.write_text(content)
+    callback = HeadActivationCallback({"broken_probe": str(path)})
+    trainer = make_trainer(tmp_path, [callback], max_steps=500)
+    module = HandWrittenModule()
+    with pytest.raises((FileNotFoundError, ValueError), match="broken_probe") as error:
+        trainer.fit(module, train_loader(tokenizer))
+    assert trainer.global_step == 0
+    if message != "missing":
+        assert message in str(error.value)
+
+
+def test_steps_beyond_max_steps_warn(tmp_path, probes, tokenizer):
+    callback = HeadActivationCallback({"doubling": probes["doubling"]}, steps=[0, 2, 50])
+    with pytest.warns(UserWarning, match=r"\[50\].*max_steps=2"):
+        make_trainer(tmp_path, [callback], max_steps=2).fit(HandWrittenModule(), train_loader(tokenizer))
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "", ".hidden", "sp ace", "tab\t"])
+def test_unsafe_probe_names_are_refused(name):
+    with pytest.raises(ValueError, match="not safe"):
+        HeadActivationCallback({name: "x.jsonl"})
+
+
+def test_duplicate_probe_names_are_refused():
+    with pytest.raises(ValueError, match="collide"):
+        HeadActivationCallback({"GSM8K": "a.jsonl", "gsm8k": "b.jsonl"})
+
+
+def test_schedule_arguments_are_validated():
+    with pytest.raises(ValueError, match="either"):
+        HeadActivationCallback({"p": "x"}, steps=[1], every_n_steps=2)
+    with pytest.raises(ValueError, match="every_n_steps"):
+        HeadActivationCallback({"p": "x"}, every_n_steps=0)
+    log_spaced = HeadActivationCallback({"p": "x"})
+    assert [s for s in range(70) if log_spaced.is_scheduled(s)] == [0, 1, 2, 4, 8, 16, 32, 64]

@@ -1,0 +1,120 @@
+"""lightning_sft.storage: round trips, the index, atomic writes and refused inputs."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from lightning_sft import storage
+
+
+def test_save_and_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    patterns = {("gsm8k", step): torch.rand(2, 4) for step in (0, 1, 4)} | {("math", 0): torch.rand(2, 4)}
+    per_example, losses = torch.rand(3, 2, 4), torch.rand(3)
+    for (probe, step), pattern in patterns.items():
+        storage.save_pattern(tmp_path, probe, step, pattern.double(), metrics={"gini": step / 10},
+                             model={"name_or_path": "tiny"})
+    path = storage.save_pattern(tmp_path, "gsm8k", 2, patterns["gsm8k", 1], per_example=per_example, losses=losses)
+    assert path == tmp_path / "gsm8k" / "step_00000002.safetensors"
+
+    loaded = storage.load_patterns(tmp_path)
+    assert list(loaded) == ["gsm8k", "math"] and list(loaded["gsm8k"]) == [0, 1, 2, 4]
+    for (probe, step), pattern in patterns.items():
+        assert loaded[probe][step].dtype == torch.float32
+        assert torch.equal(loaded[probe][step], pattern)
+    tensors = storage.load_pattern_file(path)
+    assert set(tensors) == {"pattern", "per_example", "losses"}
+    assert torch.equal(tensors["per_example"], per_example) and torch.equal(tensors["losses"], losses)
+    with safe_open(path, framework="pt") as file:
+        assert file.metadata() == {"format_version": "1", "probe": "gsm8k", "step": "2"}
+
+    raw = json.loads((tmp_path / "index.json").read_text())
+    assert raw["format_version"] == 1 and (raw["num_layers"], raw["num_heads"]) == (2, 4)
+    assert raw["model"] == {"name_or_path": "tiny"}
+    assert raw["probes"]["gsm8k"]["steps"] == [0, 1, 2, 4]
+    assert raw["probes"]["gsm8k"]["metrics"] == {"0": {"gini": 0.0}, "1": {"gini": 0.1}, "4": {"gini": 0.4}}
+    index = storage.load_index(tmp_path)
+    assert index["probes"]["math"]["metrics"] == {0: {"gini": 0.0}}
+
+    storage.save_pattern(tmp_path, "math", 0, torch.ones(2, 4), metrics={"gini": 0.5})  # saving a step again replaces it
+    assert torch.equal(storage.load_patterns(tmp_path)["math"][0], torch.ones(2, 4))
+    assert storage.load_index(tmp_path)["probes"]["math"] == {"steps": [0], "metrics": {0: {"gini": 0.5}}}
+
+
+def test_no_temp_files_left_and_failed_write_keeps_old_file(tmp_path, monkeypatch):
+    storage.save_pattern(tmp_path, "arc", 0, torch.rand(2, 4))
+    storage.save_pattern(tmp_path, "arc", 1, torch.rand(2, 4))
+    names = sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*"))
+    assert names == ["arc", "arc/step_00000000.safetensors", "arc/step_00000001.safetensors", "index.json"]
+
+    target = tmp_path / "note.txt"
+    storage.atomic_write_text(target, "old")
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        storage.atomic_write_text(target, "new")
+    with pytest.raises(OSError, match="disk full"):
+        storage.save_pattern(tmp_path, "arc", 2, torch.rand(2, 4))
+    monkeypatch.undo()
+    assert target.read_text() == "old"
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*")) == sorted(names + ["note.txt"])
+    assert list(storage.load_patterns(tmp_path)["arc"]) == [0, 1]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    storage.atomic_write_bytes(tmp_path / "a.bin", b"x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "../up", "sp ace", "ü"])
+def test_unsafe_probe_names_are_refused(tmp_path, name):
+    with pytest.raises(ValueError, match="is not allowed"):
+        storage.save_pattern(tmp_path, name, 0, torch.rand(2, 4))
+    assert not any(tmp_path.iterdir())
+
+
+def test_shape_mismatches_are_refused(tmp_path):
+    storage.save_pattern(tmp_path, "gsm8k", 0, torch.rand(2, 4))
+    with pytest.raises(ValueError, match=r"pattern has shape \(3, 4\) but .*index.json holds patterns of shape \(2, 4\)"):
+        storage.save_pattern(tmp_path, "math", 0, torch.rand(3, 4))
+    with pytest.raises(ValueError, match=r"per_example has shape \(5, 2, 3\) but pattern has shape \(2, 4\)"):
+        storage.save_pattern(tmp_path, "gsm8k", 1, torch.rand(2, 4), per_example=torch.rand(5, 2, 3))
+    with pytest.raises(ValueError, match="losses has 4 values but per_example has 5 examples"):
+        storage.save_scores(tmp_path / "s.safetensors", torch.rand(2, 4), torch.rand(5, 2, 4), torch.rand(4))
+    with pytest.raises(ValueError, match="expected 2 dimensions"):
+        storage.save_pattern(tmp_path, "gsm8k", 1, torch.rand(8))
+    storage.save_pattern(tmp_path, "gsm8k", 1, torch.rand(2, 4), model={"name_or_path": "a"})
+    with pytest.raises(ValueError, match="differs from"):
+        storage.save_pattern(tmp_path, "gsm8k", 2, torch.rand(2, 4), model={"name_or_path": "b"})
+    with pytest.raises(ValueError, match="metric pearson=nan"):
+        storage.save_pattern(tmp_path, "gsm8k", 3, torch.rand(2, 4), metrics={"pearson": float("nan")})
+    assert storage.load_index(tmp_path)["probes"]["gsm8k"]["steps"] == [0, 1]
+
+
+def test_directory_without_patterns(tmp_path):
+    with pytest.raises(FileNotFoundError, match="expected .*index.json"):
+        storage.load_patterns(tmp_path)
+    storage.save_pattern(tmp_path, "gsm8k", 0, torch.rand(2, 4))
+    (tmp_path / "gsm8k" / "step_00000000.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="listed in the index but missing"):
+        storage.load_patterns(tmp_path)
+
+
+def test_save_scores_round_trip(tmp_path):
+    per_example, losses = torch.rand(3, 2, 4), torch.rand(3)
+    path = storage.save_scores(tmp_path / "sub" / "scores.safetensors", per_example.mean(0), per_example, losses,
+                               metadata={"model": "tiny", "source": "gsm8k.jsonl"})
+    tensors = storage.load_pattern_file(path)
+    assert torch.equal(tensors["pattern"], per_example.mean(0)) and torch.equal(tensors["losses"], losses)
+    with safe_open(path, framework="pt") as file:
+        assert file.metadata() == {"format_version": "1", "model": "tiny", "source": "gsm8k.jsonl"}
+    with pytest.raises(ValueError, match="not a str"):
+        storage.save_scores(path, per_example.mean(0), per_example, losses, metadata={"examples": 3})

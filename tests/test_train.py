@@ -1,0 +1,62 @@
+"""train.py (LightningCLI): every shipped config parses; the demo config fits end to end offline."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from lightning.pytorch.cli import LightningCLI
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoModelForCausalLM
+
+import lightning_sft.strategy  # noqa: F401  (strategy names used by the configs)
+from lightning_sft.data import SFTDataModule
+from lightning_sft.module import SFTModule
+
+ROOT = Path(__file__).parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+class ParseOnlyCLI(LightningCLI):
+    """The CLI's own parser and checks, without building the model, the data or the Trainer."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_shipped_config_parses(config):
+    cli = ParseOnlyCLI(SFTModule, SFTDataModule, run=False, args=["--config", str(config)])
+    settings = yaml.safe_load(config.read_text())
+    assert cli.config.model.as_dict().keys() >= settings["model"].keys()
+    assert cli.config.trainer.precision == settings["trainer"]["precision"]
+
+
+def test_misspelled_key_is_rejected(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text((ROOT / "configs" / "demo.yaml").read_text().replace("learning_rate:", "learning_rat:"))
+    with pytest.raises(SystemExit):
+        ParseOnlyCLI(SFTModule, SFTDataModule, run=False, args=["--config", str(config)])
+
+
+def run_train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+@pytest.mark.slow
+def test_demo_config_fits_offline_and_leaves_checkpoint_events_export(tmp_path):
+    run_train("fit", "--config", "configs/demo.yaml", "--trainer.default_root_dir", str(tmp_path),
+              "--trainer.max_steps", "8", "--trainer.val_check_interval", "4")
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    assert list((run_dir / "checkpoints").glob("*.ckpt"))
+    events = EventAccumulator(str(run_dir)).Reload()
+    losses = [event.value for event in events.Scalars("train/loss")]
+    assert losses and all(value > 0 for value in losses)
+    assert events.Scalars("val/loss")
+    export = run_dir / "hf_export"
+    model = AutoModelForCausalLM.from_pretrained(export)
+    assert model.config.num_hidden_layers == 4 and list(export.glob("*.safetensors"))
