@@ -28,10 +28,11 @@ class HeadScoredAttention(torch.autograd.Function):
                 scale: float, is_causal: bool, softcap: float | None, sinks: Tensor | None) -> Tensor:
         """Returns the attention output [B, Hq, Tq, Dv] in the query's dtype; `scores` [B, Hq] float32
         (zeros) is filled by backward."""
-        fused = (query.device.type == "cpu" and softcap is None and sinks is None
-                 and query.shape[-1] == value.shape[-1])
-        if fused:
-            output, lse = _fused_cpu_forward(query, key, value, mask, scale, is_causal)
+        ctx.fused = (query.device.type == "cpu" and softcap is None and sinks is None
+                     and query.shape[-1] == value.shape[-1])
+        if ctx.fused:
+            output, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                query, key, value, 0.0, is_causal and mask is None, attn_mask=_additive(mask, query.dtype), scale=scale)
         else:
             output, lse = _blockwise_forward(query, key, value, mask, scale, is_causal, softcap, sinks)
         ctx.save_for_backward(query, key, value, output, lse, mask)
@@ -41,21 +42,26 @@ class HeadScoredAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         query, key, value, output, lse, mask = ctx.saved_tensors
-        grads = _blockwise_backward(query, key, value, output, lse, mask, grad_output, ctx.scores,
-                                    ctx.scale, ctx.is_causal, ctx.softcap)
-        return *grads, None, None, None, None, None, None
+        arguments = (query, key, value, output, lse, mask, grad_output, ctx.scores, ctx.scale, ctx.is_causal)
+        if not ctx.fused:
+            return *_blockwise_backward(*arguments, ctx.softcap, with_grads=True), *[None] * 6
+        # The fused kernel's gradients; the blocks below then only score (P and G, no dS).
+        _blockwise_backward(*arguments, None, with_grads=False)
+        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad_output, query, key, value, output, lse, 0.0, ctx.is_causal and mask is None,
+            attn_mask=_additive(mask, query.dtype), scale=ctx.scale)
+        return *grads, *[None] * 6
 
 
-def _fused_cpu_forward(query, key, value, mask, scale, is_causal) -> tuple[Tensor, Tensor]:
-    """PyTorch's CPU flash-attention kernel, which also returns the logsumexp [B, Hq, Tq] float32
-    (0 for rows with no key, whose output is 0) and handles grouped-query heads natively."""
-    if mask is not None and mask.dtype == torch.bool:
-        # The kernel takes an additive mask of the query's dtype.
-        mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
-    elif mask is not None:
-        mask = mask.to(query.dtype)
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        query, key, value, 0.0, is_causal and mask is None, attn_mask=mask, scale=scale)
+def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """The mask as PyTorch's CPU flash-attention kernel takes it: additive, of the query's dtype. The
+    kernel returns logsumexp [B, Hq, Tq] float32 (0 for rows with no key, whose output is 0) and handles
+    grouped-query heads natively."""
+    if mask is None or mask.dtype == dtype:
+        return mask
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    return mask.to(dtype)
 
 
 def _grouped(tensor: Tensor, kv_heads: int) -> Tensor:
@@ -83,24 +89,24 @@ def _key_range(mask: Tensor | None, is_causal: bool, start: int, stop: int, keys
     return int(columns[0]), int(columns[-1]) + 1
 
 
-def _block_logits(rows: Tensor, key: Tensor, shift: Tensor | None, mask: Tensor | None, batch: int,
-                  scale: float, is_causal: bool, softcap: float | None, start: int, stop: int,
-                  first: int, last: int) -> tuple[Tensor, Tensor | None]:
-    """softcap(scale Q K^T) + mask - shift for query rows [start, stop) (`rows` [B * Hkv, rows * group, D])
-    against keys [first, last): float32 [B * Hkv, rows * group, keys], and the tanh of the soft-capping
-    (for its derivative) or None. `shift` [B * Hkv, rows * group, 1] or None."""
-    keys_t = key[:, first:last].transpose(1, 2)
+def _block_logits(rows: Tensor, keys: Tensor, shift: Tensor | None, softcap: float | None, mask: Tensor | None,
+                  batch: int, is_causal: bool, above: Tensor, start: int, stop: int, first: int, last: int,
+                  buffer: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Logits of query rows [start, stop) against keys [first, last): float32 [B * Hkv, rows * group, keys].
+
+    rows @ keys^T (`rows` [B * Hkv, rows * group, X] come pre-scaled: by scale, or by scale / softcap),
+    soft-capped (softcap * tanh), minus `shift` [B * Hkv, rows * group, 1] if given, masked. Also returns
+    the tanh of the soft-capping (for its derivative) or None. `above`: bool [n, n], True above the diagonal.
+    The logits are written into `buffer` (see `_view`).
+    """
+    logits = torch.bmm(rows, keys[:, first:last].transpose(1, 2), out=_view(buffer, rows.shape[:2], last - first))
     tanh = None
     if softcap is not None:
-        tanh = torch.bmm(rows, keys_t).mul_(scale / softcap).tanh_()
+        tanh = logits.tanh_()
         logits = tanh * softcap
-        if shift is not None:
-            logits = logits.sub_(shift)
-    elif shift is not None:
-        logits = torch.baddbmm(shift, rows, keys_t, beta=-1, alpha=scale)
-    else:
-        logits = torch.bmm(rows, keys_t).mul_(scale)
-    flat, kv_heads, count = logits.shape[0], logits.shape[0] // batch, stop - start
+    if shift is not None:
+        logits = logits.sub_(shift)
+    kv_heads, count = logits.shape[0] // batch, stop - start
     logits5 = logits.view(batch, kv_heads, count, -1, last - first)  # [B, Hkv, rows, group, keys]
     if mask is not None:
         block = mask[:, :, start:stop, first:last]  # [B or 1, Hq or 1, rows, keys]
@@ -111,31 +117,43 @@ def _block_logits(rows: Tensor, key: Tensor, shift: Tensor | None, mask: Tensor 
             logits5.add_(block.float())
     elif is_causal and last > start:
         # Only the keys [start, last) can lie above the diagonal of this block.
-        above = torch.ones(count, last - start, dtype=torch.bool, device=logits.device).triu_(1)
-        logits5[..., start - first:].masked_fill_(above.unsqueeze(1), float("-inf"))
+        logits5[..., start - first:].masked_fill_(above[:count, : last - start].unsqueeze(1), float("-inf"))
     return logits, tanh
+
+
+def _above_diagonal(size: int, device: torch.device) -> Tensor:
+    return torch.ones(size, size, dtype=torch.bool, device=device).triu_(1)
+
+
+def _view(buffer: Tensor, leading: torch.Size, keys: int) -> Tensor:
+    """A [*leading, keys] tensor on the front of a flat preallocated buffer. Blocks reuse two such
+    buffers: a fresh multi-MiB tensor per block costs page faults comparable to the block's arithmetic."""
+    return buffer[: leading.numel() * keys].view(*leading, keys)
 
 
 def _blockwise_forward(query, key, value, mask, scale, is_causal, softcap, sinks) -> tuple[Tensor, Tensor]:
     """Attention output [B, Hq, Tq, Dv] (query dtype) and logsumexp [B, Hq, Tq] float32, one block of
     queries at a time; for rows with no key the logsumexp is 0 and the output 0 (as the fused kernel)."""
-    batch, heads, length, _ = query.shape
+    batch, heads, length, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     group, flat = heads // kv_heads, batch * kv_heads
-    grouped_query = _grouped(query, kv_heads)
-    key, value = key.reshape(flat, keys, -1).float(), value.reshape(flat, keys, -1).float()
+    scaled_query = _grouped(query, kv_heads) * (scale / (softcap or 1.0))
+    key, value = key.reshape(flat, keys, dim).float(), value.reshape(flat, keys, -1).float()
     # Laid out [B, Tq, Hq, Dv] so that transformers' transpose(1, 2).contiguous() is free.
     output = query.new_zeros(batch, length, kv_heads, group, value.shape[-1])
     lse = torch.zeros(batch, length, kv_heads, group, dtype=torch.float32, device=query.device)
     sink = None if sinks is None else sinks.float().view(kv_heads, 1, group).repeat(batch, 1, 1).view(flat, 1, group, 1)
     step = _block_rows(flat, group, keys)
+    above = _above_diagonal(step, query.device)
+    buffer = scaled_query.new_empty(flat * min(step, length) * group * keys)
     for start in range(0, length, step):
         stop = min(start + step, length)
         first, last = _key_range(mask, is_causal, start, stop, keys)
         if first == last:
             continue
-        rows = grouped_query[:, start:stop].reshape(flat, -1, grouped_query.shape[-1])
-        logits, _ = _block_logits(rows, key, None, mask, batch, scale, is_causal, softcap, start, stop, first, last)
+        rows = scaled_query[:, start:stop].view(flat, -1, dim)
+        logits, _ = _block_logits(rows, key, None, softcap, mask, batch, is_causal, above, start, stop, first, last,
+                                  buffer)
         logits = logits.view(flat, stop - start, group, last - first)
         # softmax(x) = exp(x - max) / sum: exact also where every logit is a huge negative float mask value.
         peak = logits.amax(-1, keepdim=True)
@@ -149,52 +167,69 @@ def _blockwise_forward(query, key, value, mask, scale, is_causal, softcap, sinks
         empty = total == 0
         probs = probs.div_(total.masked_fill_(empty, 1.0))
         block_output = torch.bmm(probs.view(flat, -1, last - first), value[:, first:last])
-        block_output = block_output.view(batch, kv_heads, stop - start, group, -1).transpose(1, 2)
-        output[:, start:stop] = block_output
+        output[:, start:stop] = block_output.view(batch, kv_heads, stop - start, group, -1).transpose(1, 2)
         block_lse = peak.add_(total.log_()).masked_fill_(empty, 0.0)
         lse[:, start:stop] = block_lse.view(batch, kv_heads, stop - start, group).transpose(1, 2)
     return output.view(batch, length, heads, -1).transpose(1, 2), lse.view(batch, length, heads).transpose(1, 2)
 
 
-def _blockwise_backward(query, key, value, output, lse, mask, grad_output, scores, scale, is_causal, softcap):
-    """dQ, dK, dV (input dtypes) and, added into `scores` [B, Hq], sum_ij |P_ij G_ij| with G = dO V^T.
-
-    As flash-attention's backward, with Delta = rowsum(dO * O): dS = P * (G - Delta), dQ = dS K scale,
-    dK = dS^T Q scale, dV = P^T dO; soft-capping multiplies dS by 1 - tanh^2.
+def _blockwise_backward(query, key, value, output, lse, mask, grad_output, scores, scale, is_causal, softcap,
+                        with_grads: bool) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Adds sum_ij |P_ij G_ij| (G = dO V^T) into `scores` [B, Hq]; `with_grads`: returns dQ, dK, dV
+    (input dtypes) as flash-attention's backward, with Delta = rowsum(dO * O): dS = P * (G - Delta),
+    dQ = dS K scale, dK = dS^T Q scale, dV = P^T dO; soft-capping multiplies dS by 1 - tanh^2.
     """
     batch, heads, length, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     group, flat = heads // kv_heads, batch * kv_heads
-    grouped_query, grouped_grad = _grouped(query, kv_heads), _grouped(grad_output, kv_heads)
+    scaled_query = _grouped(query, kv_heads) * scale
+    grouped_grad = _grouped(grad_output, kv_heads)
     key_float, value_float = key.reshape(flat, keys, dim).float(), value.reshape(flat, keys, -1).float()
-    delta = (grad_output.float() * output.float()).sum(-1, keepdim=True)
-    delta = _grouped(delta, kv_heads).view(flat, -1, 1)  # rows ordered (query, head in group)
-    row_lse = _grouped(lse.unsqueeze(-1), kv_heads).view(flat, -1, 1)
-    grad_query = torch.zeros_like(grouped_query)
-    grad_key, grad_value = torch.zeros_like(key_float), torch.zeros_like(value_float)
+    row_lse = _grouped(lse.unsqueeze(-1), kv_heads)  # [B * Hkv, Tq, group, 1]
+    if softcap is None:
+        # [scale Q, -lse] @ [K, 1]^T = scale Q K^T - lse in one matmul.
+        logit_rows = torch.cat([scaled_query, row_lse.neg()], dim=-1)
+        logit_keys = torch.cat([key_float, key_float.new_ones(flat, keys, 1)], dim=-1)
+        shift = None
+    else:
+        logit_rows, logit_keys, shift = scaled_query / softcap, key_float, row_lse.view(flat, -1, 1)
     head_scores = scores.view(flat, group)
+    if with_grads:
+        delta = _grouped((grad_output.float() * output.float()).sum(-1, keepdim=True), kv_heads).view(flat, -1, 1)
+        grad_query = torch.zeros_like(scaled_query)
+        grad_key, grad_value = torch.zeros_like(key_float), torch.zeros_like(value_float)
     step = _block_rows(flat, group, keys)
+    above = _above_diagonal(step, query.device)
+    logit_buffer, grad_buffer = (scaled_query.new_empty(flat * min(step, length) * group * keys) for _ in range(2))
     for start in range(0, length, step):
         stop = min(start + step, length)
         first, last = _key_range(mask, is_causal, start, stop, keys)
         if first == last:
             continue
         rows = slice(start * group, stop * group)
-        block_query = grouped_query[:, start:stop].view(flat, -1, dim)
-        block_grad = grouped_grad[:, start:stop].view(flat, -1, grouped_grad.shape[-1])
-        logits, tanh = _block_logits(block_query, key_float, row_lse[:, rows], mask, batch, scale, is_causal,
-                                     softcap, start, stop, first, last)
+        block_rows = logit_rows[:, start:stop].view(flat, -1, logit_rows.shape[-1])
+        block_shift = None if shift is None else shift[:, rows]
+        logits, tanh = _block_logits(block_rows, logit_keys, block_shift, softcap, mask, batch, is_causal, above,
+                                     start, stop, first, last, logit_buffer)
         probs = logits.exp_()
-        weighted = torch.bmm(block_grad, value_float[:, first:last].transpose(1, 2)).mul_(probs)  # P * G
+        block_grad = grouped_grad[:, start:stop].view(flat, -1, grouped_grad.shape[-1])
+        weighted = torch.bmm(block_grad, value_float[:, first:last].transpose(1, 2),
+                             out=_view(grad_buffer, block_grad.shape[:2], last - first)).mul_(probs)  # P * G
+        if not with_grads:
+            head_scores += weighted.abs_().sum(-1).view(flat, -1, group).sum(1)
+            continue
         head_scores += torch.linalg.vector_norm(weighted, ord=1, dim=-1).view(flat, -1, group).sum(1)
         # bmm into fresh tensors: baddbmm_ into a strided slice falls back to one matmul per batch entry.
         grad_value[:, first:last] += torch.bmm(probs.transpose(1, 2), block_grad)
         grad_logits = weighted.addcmul_(probs, delta[:, rows], value=-1)
         if tanh is not None:
             grad_logits = grad_logits.mul_(1 - tanh.square_())
-        grad_key[:, first:last] += torch.bmm(grad_logits.transpose(1, 2), block_query).mul_(scale)
+        block_query = scaled_query[:, start:stop].view(flat, -1, dim)
+        grad_key[:, first:last] += torch.bmm(grad_logits.transpose(1, 2), block_query)
         block_grad_query = torch.bmm(grad_logits, key_float[:, first:last]).mul_(scale)
         grad_query[:, start:stop] = block_grad_query.view(flat, stop - start, group, dim)
+    if not with_grads:
+        return None
     grad_query = grad_query.view(batch, kv_heads, length, group, dim).transpose(2, 3).reshape(query.shape)
     return (grad_query.to(query.dtype), grad_key.view(key.shape).to(key.dtype),
             grad_value.view(value.shape).to(value.dtype))

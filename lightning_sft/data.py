@@ -17,6 +17,7 @@ run resumed mid-epoch sees exactly the batches the uninterrupted run would have 
 """
 
 import json
+import math
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -567,18 +568,24 @@ class SFTDataModule(pl.LightningDataModule):
         if self.train_examples is not None:
             return
         self.tokenizer = self._load_tokenizer()
-        train_rows, val_rows = read_rows(self.train), None
-        if self.val is not None:
-            val_rows = read_rows(self.val)
-        elif self.val_fraction > 0:
-            split = train_rows.train_test_split(test_size=self.val_fraction, seed=self.seed)
-            train_rows, val_rows = split["train"], split["test"]
         settings = {"format": self.format, "adapter": self.adapter, "max_length": self.max_length}
         name = _source_name(self.train)
-        self.train_examples = tokenize_rows(train_rows, self.tokenizer, source=name, **settings)
-        if val_rows is not None:
-            val_name = _source_name(self.val) if self.val is not None else f"{name} (validation part)"
-            self.val_examples = tokenize_rows(val_rows, self.tokenizer, source=val_name, **settings)
+        examples = tokenize_rows(read_rows(self.train), self.tokenizer, source=name, **settings)
+        if self.val is not None:
+            val_rows = read_rows(self.val)
+            self.val_examples = tokenize_rows(val_rows, self.tokenizer, source=_source_name(self.val), **settings)
+        elif self.val_fraction > 0:
+            # carved after tokenizing, so messages name rows of the file; both parts keep the file's order
+            count = math.ceil(self.val_fraction * len(examples))
+            if count >= len(examples):
+                raise ValueError(
+                    f"{name} has {len(examples)} usable examples: val_fraction={self.val_fraction} leaves none for"
+                    " training; lower val_fraction or pass val"
+                )
+            order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(self.seed)).tolist()
+            self.val_examples = [examples[index] for index in sorted(order[:count])]
+            examples = [examples[index] for index in sorted(order[count:])]
+        self.train_examples = examples
         if self.packing:
             self.train_examples = pack_examples(self.train_examples, self.max_length)
             if self.val_examples is not None:

@@ -162,8 +162,10 @@ class SFTModule(L.LightningModule):
                 f"SFTModule warmup_steps={settings.warmup_steps} is not shorter than training "
                 f"({total_steps} optimizer steps); lower warmup_steps or train longer."
             )
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
+        # decay matrices only; under ZeRO-3 a parameter's own shape is its (flat) partition
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in trainable if len(getattr(p, "ds_shape", p.shape)) >= 2]
+        no_decay = [p for p in trainable if len(getattr(p, "ds_shape", p.shape)) < 2]
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=settings.learning_rate, betas=tuple(settings.betas),
@@ -204,6 +206,9 @@ def export_hf(module: SFTModule, directory: Path) -> None:
     if trainer.is_global_zero:
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        if state_dict is not None:  # gathered from the engine's module (the LightningModule): drop "model."
+            state_dict = {key.removeprefix("model."): value for key, value in state_dict.items()
+                          if key.startswith("model.")}
         module.model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
         module.tokenizer.save_pretrained(staging)
         if directory.exists():

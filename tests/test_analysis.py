@@ -3,6 +3,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,6 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from lightning_sft import stats
 from lightning_sft.adapters import ADAPTERS
 from lightning_sft.analysis.__main__ import main
 from lightning_sft.data import collate, load_examples, tokenize_rows
@@ -73,6 +73,11 @@ def _merged(scored) -> dict[str, dict[int, np.ndarray]]:
     """The names the analysis gives: gsm8k is in both runs, so it is prefixed by its run."""
     return {(f"{run}/{probe}" if probe == "gsm8k" else probe): steps
             for run, probes in scored.items() for probe, steps in probes.items()}
+
+
+def _canonical(path: Path) -> list[str]:
+    """Each JSONL row as JSON with sorted keys, to compare rows whatever their key order."""
+    return [json.dumps(json.loads(line), sort_keys=True) for line in path.read_text().splitlines()]
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -192,14 +197,11 @@ def test_mix_draws_proportional_rows_reproducibly(capsys, tmp_path):
     argv = ["mix", "--coefficients", "A=0.6", "B=0.3", "C=-0.1", "--datasets",
             *(f"{name}={path}" for name, path in datasets.items()), "--total", 20, "--top-k", 2, "--seed", 3]
     printed = _run(capsys, *argv, "--out", tmp_path / "mix.jsonl")
-    sources = {name: {json.dumps(json.loads(line), sort_keys=True) for line in path.read_text().splitlines()}
-               for name, path in datasets.items()}
-    lines = (tmp_path / "mix.jsonl").read_text().splitlines()
-    drawn = [json.dumps(json.loads(line), sort_keys=True) for line in lines]
+    sources = {name: set(_canonical(path)) for name, path in datasets.items()}
+    drawn = _canonical(tmp_path / "mix.jsonl")
     assert len(set(drawn)) == 20  # without replacement
     # quotas 13.33 and 6.67: floors 13 + 6, the leftover row to B's larger remainder
     assert sum(row in sources["A"] for row in drawn) == 13 and sum(row in sources["B"] for row in drawn) == 7
-    assert sorted(map(len, (json.loads(line) for line in lines)))[0] >= 2  # whole rows, fields unchanged
     assert "| A | 0.6000 | 13 |" in printed
 
     _run(capsys, *argv, "--out", tmp_path / "again.jsonl")
@@ -215,7 +217,10 @@ def test_mix_draws_proportional_rows_reproducibly(capsys, tmp_path):
     error = _fails(capsys, "mix", "--coefficients", "A=1", "B=2", "--datasets", f"A={datasets['A']}", "--total", 5,
                    "--out", tmp_path / "missing.jsonl")
     assert "no --datasets entry for B" in error
-    assert not (tmp_path / "too_many.jsonl").exists() and not (tmp_path / "missing.jsonl").exists()
+    error = _fails(capsys, "mix", "--coefficients", "A=1", "--datasets", f"A={datasets['A']}", f"A={datasets['B']}",
+                   "--total", 5, "--out", tmp_path / "twice.jsonl")
+    assert "--datasets names A more than once" in error
+    assert not any(tmp_path.glob("t*.jsonl")) and not (tmp_path / "missing.jsonl").exists()
 
 
 def test_mix_from_compose_csv(runs, capsys, tmp_path):
@@ -233,10 +238,9 @@ def test_mix_from_compose_csv(runs, capsys, tmp_path):
     floors = {name: int(np.floor(quota)) for name, quota in quotas.items()}
     for name in sorted(quotas, key=lambda n: floors[n] - quotas[n])[:30 - sum(floors.values())]:
         floors[name] += 1
-    drawn = [json.dumps(json.loads(line), sort_keys=True) for line in (tmp_path / "mix.jsonl").read_text().splitlines()]
+    drawn = _canonical(tmp_path / "mix.jsonl")
     for name in bases:
-        source = {json.dumps(json.loads(line), sort_keys=True) for line in (DATA / FILES[name]).read_text().splitlines()}
-        assert sum(row in source for row in drawn) == floors.get(name, 0)
+        assert sum(row in set(_canonical(DATA / FILES[name])) for row in drawn) == floors.get(name, 0)
 
 
 def test_run_discovery_and_bad_runs(runs, capsys, tmp_path):
@@ -244,6 +248,7 @@ def test_run_discovery_and_bad_runs(runs, capsys, tmp_path):
     for version in ("version_0", "version_1"):
         save_pattern(tmp_path / "logs" / version / "head_patterns", "arc", 0, torch.rand(2, 4))
         save_pattern(tmp_path / "logs" / version / "head_patterns", "arc", 3, torch.rand(2, 4))
+    os.utime(tmp_path / "logs" / "version_0" / "head_patterns" / "index.json", (0, 0))  # written long ago
     main(["stats", str(tmp_path / "logs")])
     captured = capsys.readouterr()
     latest = tmp_path / "logs" / "version_1" / "head_patterns"
@@ -283,8 +288,8 @@ def test_unknown_probe_names(runs, capsys, tmp_path):
 
 def test_module_entry_point(runs):
     root, _ = runs
-    result = subprocess.run([sys.executable, "-m", "lightning_sft.analysis", "stats", str(root / "math_task/version_0")],
-                            capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
+    command = [sys.executable, "-m", "lightning_sft.analysis", "stats", str(root / "math_task/version_0")]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
     assert result.returncode == 0, result.stderr
     assert "| mmlu | 0 | 4 |" in result.stdout
 

@@ -305,20 +305,20 @@ def test_pack_examples_restarts_positions_and_masks_each_first_label():
     examples = [
         {"input_ids": [1, 10, 11], "labels": [-100, 10, 11]},
         {"input_ids": [12, 13], "labels": [12, 13]},  # a first label that would be predicted across examples
-        {"input_ids": [1, 14, 15, 16], "labels": [-100, -100, 15, 16]},
+        {"input_ids": [1, 14, 15], "labels": [-100, -100, 15]},
     ]
     rows = pack_examples(examples, max_length=6)
     assert rows == [
         {"input_ids": [1, 10, 11, 12, 13], "labels": [-100, 10, 11, -100, 13], "position_ids": [0, 1, 2, 0, 1]},
-        {"input_ids": [1, 14, 15, 16], "labels": [-100, -100, 15, 16], "position_ids": [0, 1, 2, 3]},
+        {"input_ids": [1, 14, 15], "labels": [-100, -100, 15], "position_ids": [0, 1, 2]},
     ]
     batch = collate_packed(rows, pad_token_id=0)
     assert set(batch) == {"input_ids", "labels", "position_ids"}
-    assert batch["input_ids"].tolist() == [[1, 10, 11, 12, 13], [1, 14, 15, 16, 0]]
-    assert batch["labels"].tolist() == [[-100, 10, 11, -100, 13], [-100, -100, 15, 16, -100]]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]]
-    with pytest.raises(ValueError, match="more than max_length=3"):
-        pack_examples(examples, max_length=3)
+    assert batch["input_ids"].tolist() == [[1, 10, 11, 12, 13], [1, 14, 15, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 10, 11, -100, 13], [-100, -100, 15, -100, -100]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 2, 0, 1]]
+    with pytest.raises(ValueError, match="more than max_length=2"):
+        pack_examples(examples, max_length=2)
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
@@ -432,6 +432,22 @@ def test_validation_split_is_carved_by_seed(rows_file, tokenizer):
     assert len(first.val_dataloader()) == 3  # 10 examples in batches of 4
 
 
+def test_validation_split_must_leave_training_examples(tmp_path, tokenizer):
+    rows = write_jsonl(tmp_path / "two.jsonl", [{"text": "a"}, {"text": "b"}])
+    with pytest.raises(ValueError, match="has 2 usable examples: val_fraction=0.6 leaves none for training"):
+        data_module(str(rows), tokenizer, val_fraction=0.6)
+    data = data_module(str(rows), tokenizer, val_fraction=0.4)
+    assert sorted(texts(tokenizer, data.train_examples + data.val_examples)) == ["a", "b"]
+
+
+def test_data_module_errors_name_the_file_row(tmp_path, tokenizer):
+    rows = [{"text": f"row {i}"} for i in range(10)]
+    rows[7] = {"title": "no text"}
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    with pytest.raises(ValueError, match=r"rows.jsonl row 7: missing field\(s\) \['text'\]; the row has \['title'\]"):
+        data_module(str(path), tokenizer, format="text", val_fraction=0.3)
+
+
 def test_no_validation_with_val_fraction_zero_and_explicit_val(rows_file, tmp_path, tokenizer):
     data = data_module(str(rows_file), tokenizer, val_fraction=0)
     assert len(data.train_examples) == 40 and data.val_dataloader() == []
@@ -470,6 +486,16 @@ def test_data_module_packing_batches(rows_file, tokenizer):
     assert batch["input_ids"].shape[1] <= 40
     example_length = len([BOS] + ids(tokenizer, "sample 00") + [EOS])
     assert sum(len(row["input_ids"]) for row in data.train_examples) == 36 * example_length
+
+
+def test_loader_state_is_kept_until_the_resumed_epoch_starts(rows_file, tokenizer):
+    data = data_module(str(rows_file), tokenizer, val_fraction=0, batch_size=4)
+    loader = data.train_dataloader()
+    state = {**loader.state_dict(), "epoch": 1, "batches_consumed": 3}
+    loader.load_state_dict(state)
+    assert loader.state_dict() == state  # a checkpoint written before the first batch keeps the position
+    loader.sampler.set_epoch(1)
+    assert len(list(loader)) == 10 - 3 and loader.state_dict() == {**state, "batches_consumed": 10}
 
 
 def test_loader_state_with_another_layout_warns_and_approximates(rows_file, tokenizer):

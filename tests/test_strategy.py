@@ -1,4 +1,5 @@
-"""Real DeepSpeed ZeRO-2/ZeRO-3 fits with 2 CPU processes (gloo, bf16): checkpoint, exact resume, HF export."""
+"""Real DeepSpeed ZeRO-2/ZeRO-3 fits with 2 CPU processes (gloo, bf16): loading a pretrained model,
+checkpoint, exact resume, HF export, and the head-activation callback sharded across the ranks."""
 
 import json
 import subprocess
@@ -9,9 +10,13 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from lightning_sft.data import collate, load_examples
+from lightning_sft.patterns import activation_pattern
+from lightning_sft.storage import load_patterns
 from lightning_sft.strategy import DeepSpeedStrategy
+from lightning_sft.tokenizer import byte_tokenizer
 from tests.conftest import tiny_llama_config
 
 ROOT = Path(__file__).parents[1]
@@ -22,29 +27,43 @@ def test_zero_stage_4_is_refused_before_any_work():
         DeepSpeedStrategy(stage=4)
 
 
-def write_run_config(directory: Path, *, stage: int, max_steps: int, pretrained: Path | None = None) -> Path:
+def write_inputs(directory: Path) -> tuple[Path, Path, Path]:
+    """A tiny pretrained Llama directory, training rows and a probe file."""
+    torch.manual_seed(0)
+    pretrained = directory / "pretrained"
+    LlamaForCausalLM(tiny_llama_config()).to(torch.bfloat16).save_pretrained(pretrained)
+    byte_tokenizer().save_pretrained(pretrained)
     rows = directory / "train.jsonl"
-    if not rows.exists():
-        rows.write_text("".join(
-            json.dumps({"prompt": f"{i} + {i * 7} =", "response": f" {i * 8}"}) + "\n" for i in range(64)
-        ))
-    model = {"pretrained": str(pretrained)} if pretrained else {
-        "config": {"model_type": "llama", **tiny_llama_config().to_diff_dict()}, "tokenizer": "byte"}
+    rows.write_text("".join(json.dumps({"prompt": f"{i} + {i * 7} =", "response": f" {i * 8}"}) + "\n"
+                            for i in range(64)))
+    probe = directory / "probe.jsonl"
+    probe.write_text("".join(json.dumps({"prompt": f"{i}*3=", "response": str(3 * i)}) + "\n" for i in range(5)))
+    return pretrained, rows, probe
+
+
+def write_run_config(directory: Path, inputs: tuple[Path, Path, Path], *, stage: int, stop_after: int | None = None) -> Path:
+    pretrained, rows, probe = inputs
+    callbacks = [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"every_n_train_steps": 3, "save_top_k": -1}},
+        {"class_path": "callbacks.HeadActivationCallback",
+         "init_args": {"probes": {"times3": str(probe)}, "steps": [0, 3, 6], "batch_size": 2, "log_images": False}},
+    ]
+    if stop_after:
+        callbacks.append({"class_path": "tests.interrupt.StopAfterStep", "init_args": {"step": stop_after}})
     config = {
         "seed_everything": 7,
         "trainer": {
-            "accelerator": "cpu", "devices": 2, "precision": "bf16-true", "max_steps": max_steps,
+            "accelerator": "cpu", "devices": 2, "precision": "bf16-true", "max_steps": 6,
             "accumulate_grad_batches": 2, "gradient_clip_val": 1.0, "enable_progress_bar": False,
             "limit_val_batches": 2, "val_check_interval": 4, "log_every_n_steps": 1,
-            "default_root_dir": str(directory),
+            "default_root_dir": str(directory), "callbacks": callbacks,
             "strategy": {"class_path": "lightning_sft.strategy.DeepSpeedStrategy", "init_args": {"stage": stage}},
-            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                           "init_args": {"every_n_train_steps": 3, "save_top_k": -1}}],
         },
-        "model": {**model, "dtype": "bfloat16", "learning_rate": 1e-3, "warmup_steps": 1},
+        "model": {"pretrained": str(pretrained), "dtype": "bfloat16", "learning_rate": 1e-3, "warmup_steps": 1},
         "data": {"train": str(rows), "batch_size": 2, "max_length": 24, "val_fraction": 0.1},
     }
-    path = directory / f"stage{stage}_{max_steps}.yaml"
+    path = directory / f"stage{stage}_stop{stop_after}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -64,26 +83,37 @@ def exported_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
-def test_zero_fit_resume_and_export(tmp_path, stage):
-    """Uninterrupted 6 steps == 3 steps, checkpoint, resume to 6; the export reloads with transformers."""
+def test_zero_fit_resume_export_and_probes(tmp_path, stage):
+    """6 steps uninterrupted == interrupted after 3 and resumed from the step-3 checkpoint."""
+    inputs = write_inputs(tmp_path)
     whole, halves = tmp_path / "whole", tmp_path / "halves"
     whole.mkdir(), halves.mkdir()
-    fit(write_run_config(whole, stage=stage, max_steps=6))
-    fit(write_run_config(halves, stage=stage, max_steps=3))
+    fit(write_run_config(whole, inputs, stage=stage))
+    fit(write_run_config(halves, inputs, stage=stage, stop_after=3))
     checkpoint = next((halves / "lightning_logs" / "version_0" / "checkpoints").glob("*step=3*"))
     assert checkpoint.is_dir()  # DeepSpeed's sharded checkpoint directory
-    fit(write_run_config(halves, stage=stage, max_steps=6), "--ckpt_path", str(checkpoint))
+    fit(write_run_config(halves, inputs, stage=stage), "--ckpt_path", str(checkpoint))
 
-    expected = exported_weights(whole / "lightning_logs" / "version_0")
-    resumed = exported_weights(halves / "lightning_logs" / "version_1")
-    assert expected.keys() == resumed.keys() and expected
+    whole_run, resumed_run = whole / "lightning_logs" / "version_0", halves / "lightning_logs" / "version_1"
+    expected, resumed = exported_weights(whole_run), exported_weights(resumed_run)
+    pretrained = AutoModelForCausalLM.from_pretrained(inputs[0])
+    assert expected.keys() == resumed.keys() == set(pretrained.state_dict())
     for name in expected:
         assert torch.equal(expected[name], resumed[name]), name
+    assert not torch.equal(expected["model.layers.0.self_attn.q_proj.weight"],
+                           pretrained.state_dict()["model.layers.0.self_attn.q_proj.weight"])  # it trained
+    reloaded = AutoModelForCausalLM.from_pretrained(whole_run / "hf_export")
+    assert reloaded.dtype == torch.bfloat16
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
 
-    model = AutoModelForCausalLM.from_pretrained(whole / "lightning_logs" / "version_0" / "hf_export")
-    assert model.dtype == torch.bfloat16
-    state = model.state_dict()
-    initial = AutoModelForCausalLM.from_config(tiny_llama_config())
-    for name, tensor in expected.items():
-        assert torch.equal(state[name], tensor), name
-        assert tensor.shape == initial.state_dict()[name].shape
+    # the callback: probes sharded over both ranks equal one process's scoring of the base model
+    whole_patterns = load_patterns(whole_run / "head_patterns")["times3"]
+    resumed_patterns = load_patterns(resumed_run / "head_patterns")["times3"]
+    assert sorted(whole_patterns) == [0, 3, 6] and sorted(resumed_patterns) == [6]
+    torch.testing.assert_close(resumed_patterns[6], whole_patterns[6], rtol=1e-6, atol=0)
+    examples = load_examples(str(inputs[2]), byte_tokenizer())
+    batches = [collate(examples[i:i + 2], 0) for i in range(0, len(examples), 2)]
+    torch.testing.assert_close(whole_patterns[0], activation_pattern(pretrained.eval(), batches), rtol=2e-2, atol=1e-6)
+    reloaded.eval()
+    torch.testing.assert_close(whole_patterns[6], activation_pattern(reloaded, batches), rtol=2e-2, atol=1e-6)

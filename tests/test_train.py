@@ -50,7 +50,7 @@ def run_train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_demo_config_fits_offline_and_leaves_checkpoint_events_export(tmp_path):
     run_train("fit", "--config", "configs/demo.yaml", "--trainer.default_root_dir", str(tmp_path),
-              "--trainer.max_steps", "8", "--trainer.val_check_interval", "4")
+              "--trainer.max_steps", "8", "--trainer.val_check_interval", "4", "--model.warmup_steps", "2")
     run_dir = tmp_path / "lightning_logs" / "version_0"
     assert list((run_dir / "checkpoints").glob("*.ckpt"))
     events = EventAccumulator(str(run_dir)).Reload()

@@ -13,11 +13,13 @@ A RUN is a patterns directory (holding index.json) or a directory above one (a L
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 from lightning_sft.analysis.commands import compose_command, drift_command, similarity_command, stats_command
 from lightning_sft.analysis.runs import load_runs
 from lightning_sft.analysis.scenarios import mix_command, read_compose_coefficients, select_command
+
+T = TypeVar("T")
 
 
 def _named(text: str) -> tuple[str, str]:
@@ -27,19 +29,20 @@ def _named(text: str) -> tuple[str, str]:
     return name, value
 
 
-def _named_dict(pairs: Sequence[tuple[str, str]], option: str) -> dict[str, str]:
+def _coefficient(text: str) -> tuple[str, float]:
+    name, value = _named(text)
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not a number") from None
+
+
+def _named_dict(pairs: Sequence[tuple[str, T]], option: str) -> dict[str, T]:
     names = [name for name, _ in pairs]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"{option} names {', '.join(repeated)} more than once; pass each name once")
     return dict(pairs)
-
-
-def _number(text: str, what: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{what}={text!r} is not a number; pass e.g. {what.split()[-1]}=0.4") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,13 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     mix = commands.add_parser("mix", help="Scenario 1: mix datasets in proportion to composition coefficients")
     source = mix.add_mutually_exclusive_group(required=True)
-    source.add_argument("--coefficients", nargs="+", type=_named, metavar="NAME=VALUE")
+    source.add_argument("--coefficients", nargs="+", type=_coefficient, metavar="NAME=VALUE",
+                        help="composition coefficients, e.g. gsm8k=0.4 math=0.1")
     source.add_argument("--from-compose", type=Path, metavar="CSV", help="compose.csv; its best fit's coefficients")
-    mix.add_argument("--datasets", nargs="+", type=_named, required=True, metavar="NAME=PATH")
+    mix.add_argument("--datasets", nargs="+", type=_named, required=True, metavar="NAME=PATH",
+                     help="a data file (.jsonl/.json/.parquet/.csv) per coefficient name")
     mix.add_argument("--total", type=int, required=True, help="rows in the mixture")
     mix.add_argument("--top-k", type=int, help="mix the K datasets with the largest positive coefficients "
                                                "(default: every positive one)")
-    mix.add_argument("--seed", type=int, default=0)
+    mix.add_argument("--seed", type=int, default=0, help="seed of the draws and the shuffle")
     mix.add_argument("--out", type=Path, required=True, help="JSONL file to write")
 
     select = commands.add_parser("select", help="Scenario 2: pool rows whose pattern best matches the target's")
@@ -107,8 +112,7 @@ def run(args: argparse.Namespace) -> str:
         if args.from_compose is not None:
             coefficients = read_compose_coefficients(args.from_compose)
         else:
-            coefficients = {name: _number(value, f"--coefficients {name}")
-                            for name, value in _named_dict(args.coefficients, "--coefficients").items()}
+            coefficients = _named_dict(args.coefficients, "--coefficients")
         top_k = args.top_k if args.top_k is not None else len(coefficients)
         return mix_command(coefficients, _named_dict(args.datasets, "--datasets"), args.total, top_k, args.seed,
                            args.out)

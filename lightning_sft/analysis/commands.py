@@ -12,6 +12,8 @@ from lightning_sft.analysis.runs import Patterns
 from lightning_sft.plots import correlation_heatmap
 from lightning_sft.storage import atomic_write_text
 
+COEFFICIENT_PREFIX = "coefficient_"  # compose.csv column of a basis' coefficient, read back by `mix --from-compose`
+
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub markdown table; floats with 4 decimals."""
@@ -115,7 +117,7 @@ def compose_command(
         raise ValueError(f"--bases {' '.join(bases)} names a probe twice; pass each basis once")
     fits = stats.composition_search(patterns.change(target), {name: patterns.change(name) for name in bases},
                                     subset_size)
-    header = ["rank", "r2", "bases", *(f"coefficient_{name}" for name in bases)]
+    header = ["rank", "r2", "bases", *(f"{COEFFICIENT_PREFIX}{name}" for name in bases)]
     rows = [[rank, fit.r2, "+".join(fit.bases), *(fit.coefficients.get(name, "") for name in bases)]
             for rank, fit in enumerate(fits, start=1)]
     table = markdown_table(

@@ -1,5 +1,9 @@
 """The paper's two uses of patterns: data mixing by composition coefficients (Scenario 1, Eq. 4) and data
-selection by pattern similarity (Scenario 2, Eq. 5)."""
+selection by pattern similarity (Scenario 2, Eq. 5).
+
+lightning_sft.data, lightning_sft.patterns and transformers are imported inside the commands: they pull in
+Lightning, datasets and transformers, which the pattern-only commands should not wait for.
+"""
 
 import csv
 import json
@@ -10,9 +14,8 @@ import numpy as np
 import torch
 
 from lightning_sft import stats
+from lightning_sft.analysis.commands import COEFFICIENT_PREFIX
 from lightning_sft.storage import atomic_write_text
-
-COEFFICIENT_PREFIX = "coefficient_"
 
 
 def read_compose_coefficients(path: Path) -> dict[str, float]:
