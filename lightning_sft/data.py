@@ -273,6 +273,28 @@ def _resolve_adapter(adapter: str | Callable[[dict], dict] | None) -> Callable[[
     return ADAPTERS[adapter]
 
 
+def tokenize_row(
+    row: dict,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    format: str | Format = "auto",
+    adapter: str | Callable[[dict], dict] | None = None,
+    max_length: int = 1024,
+) -> dict | None:
+    """One row as `{"input_ids": list[int], "labels": list[int]}`, or None when no supervised token is left.
+
+    The row goes through `adapter` (a name in `adapters.ADAPTERS` or a callable), then `format`; an example
+    longer than `max_length` tokens keeps its start; labels are -100 where unsupervised, always at 0.
+    """
+    adapt = _resolve_adapter(adapter)
+    row = adapt(row) if adapt else row
+    input_ids, labels = _resolve_format(format, row)(row, tokenizer)
+    labels = [IGNORE_INDEX] + labels[1:max_length]  # position 0 is never predicted
+    if all(label == IGNORE_INDEX for label in labels):
+        return None
+    return {"input_ids": input_ids[:max_length], "labels": labels}
+
+
 def tokenize_rows(
     rows: Iterable[dict],
     tokenizer: PreTrainedTokenizerBase,
@@ -282,38 +304,28 @@ def tokenize_rows(
     max_length: int = 1024,
     source: str = "<rows>",
 ) -> list[dict]:
-    """Examples `{"input_ids": list[int], "labels": list[int]}` (labels -100 where unsupervised, always at 0).
-
-    Each row goes through `adapter` (a name in `adapters.ADAPTERS` or a callable), then `format`. Examples
-    longer than `max_length` tokens keep their start. Examples left without a supervised token are skipped
-    and counted in one warning naming `source`.
-    """
+    """`tokenize_row` over `rows`; examples left without a supervised token are skipped and counted in
+    one warning naming `source`; none left is an error."""
     _check_max_length(max_length)
-    adapt = _resolve_adapter(adapter)
-    formatter = None
-    examples, skipped, total = [], 0, 0
+    _resolve_adapter(adapter)
+    examples, total = [], 0
     for index, row in enumerate(rows):
         total += 1
         try:
-            row = adapt(row) if adapt else row
-            formatter = formatter or _resolve_format(format, row)
-            input_ids, labels = formatter(row, tokenizer)
+            example = tokenize_row(row, tokenizer, format=format, adapter=adapter, max_length=max_length)
         except ValueError as error:
             raise ValueError(f"{source} row {index}: {error}") from error
-        labels = [IGNORE_INDEX] + labels[1:max_length]  # position 0 is never predicted
-        if all(label == IGNORE_INDEX for label in labels):
-            skipped += 1
-            continue
-        examples.append({"input_ids": input_ids[:max_length], "labels": labels})
+        if example is not None:
+            examples.append(example)
     if not examples:
         raise ValueError(
             f"{source}: none of its {total} examples has a supervised token after truncation to"
             f" max_length={max_length}; use a larger max_length"
         )
-    if skipped:
+    if len(examples) < total:
         rank_zero_warn(
-            f"{source}: skipped {skipped} of {total} examples with no supervised token after truncation to"
-            f" max_length={max_length}; raise max_length to keep them"
+            f"{source}: skipped {total - len(examples)} of {total} examples with no supervised token after"
+            f" truncation to max_length={max_length}; raise max_length to keep them"
         )
     return examples
 

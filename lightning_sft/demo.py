@@ -1,6 +1,6 @@
 """Generates the offline demo's data: four basic tasks and one complex task composed of two of them.
 
-Basic tasks: `addition` (12+345= -> 357), `reversal` (rev abc= -> cba), `sorting` (sort 3142= -> 1234),
+Basic tasks: `addition` (12+345= -> 357), `reversal` (rev 3142= -> 2413), `sorting` (sort 3142= -> 1234),
 `counting` (count a in abca= -> 2). Complex task: `reversed_sum` (rsum 12+345= -> 753), the digits
 of a sum in reverse, i.e. addition followed by reversal. The composition analysis asks whether the
 change of `reversed_sum`'s head pattern is explained by `addition` and `reversal` better than by the
@@ -30,8 +30,8 @@ def addition(rng: random.Random) -> dict[str, str]:
 
 
 def reversal(rng: random.Random) -> dict[str, str]:
-    word = "".join(rng.choice(LETTERS + "0123456789") for _ in range(rng.randint(2, 6)))
-    return {"prompt": f"rev {word}=", "response": word[::-1]}
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(2, 6)))
+    return {"prompt": f"rev {digits}=", "response": digits[::-1]}
 
 
 def sorting(rng: random.Random) -> dict[str, str]:

@@ -116,7 +116,7 @@ def select_command(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lightning_sft.data import load_examples, tokenize_rows
+    from lightning_sft.data import load_examples, tokenize_row
     from lightning_sft.patterns import score_heads
 
     if k < 1:
@@ -129,14 +129,12 @@ def select_command(
     candidates, candidate_lines = [], []
     for number, line, row in rows:
         try:
-            candidates += tokenize_rows([row], tokenizer, format=format, adapter=adapter, max_length=max_length)
-        except ValueError as error:
-            if error.__cause__ is None:  # tokenize_rows' only uncaused error: no supervised token left to score
-                continue
-            raise ValueError(f"{pool} row {number} cannot be formatted: {error.__cause__}") from error
-        except (KeyError, TypeError) as error:  # e.g. a field holding a number where text belongs
-            raise ValueError(f"{pool} row {number} cannot be formatted: {error!r}") from error
-        candidate_lines.append(line)
+            example = tokenize_row(row, tokenizer, format=format, adapter=adapter, max_length=max_length)
+        except (ValueError, KeyError, TypeError) as error:  # TypeError: e.g. a number where text belongs
+            raise ValueError(f"{pool} row {number} cannot be formatted: {error}") from error
+        if example is not None:  # rows without a supervised token within max_length cannot be scored
+            candidates.append(example)
+            candidate_lines.append(line)
     skipped = len(rows) - len(candidates)
     if k > len(candidates):
         raise ValueError(
