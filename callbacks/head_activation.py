@@ -249,6 +249,7 @@ class HeadActivationCallback(Callback):
                     per_example=scores.per_example.cpu() if self.per_example else None,
                     losses=scores.losses.cpu() if self.per_example else None,
                     metrics={tag.replace(f"/{name}/", "/"): value for tag, value in probe_metrics.items()},
+                    model={"name_or_path": model.config.name_or_path, "class": type(model).__name__},
                 )
         changes = {name: (patterns[name] - self.base_patterns[name]).numpy() for name in patterns}
         correlation = None

@@ -1,1 +1,20 @@
-"""lightning-sft: full-parameter SFT of Hugging Face causal LMs with head-activation monitoring."""
+"""lightning-sft: full-parameter SFT of Hugging Face causal LMs with head-activation monitoring.
+
+`SFTModule` and `SFTDataModule` are imported lazily, so `lightning_sft.stats` stays a numpy/scipy-only import.
+"""
+
+from typing import Any
+
+__all__ = ["SFTDataModule", "SFTModule"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SFTModule":
+        from lightning_sft.module import SFTModule
+
+        return SFTModule
+    if name == "SFTDataModule":
+        from lightning_sft.data import SFTDataModule
+
+        return SFTDataModule
+    raise AttributeError(f"module 'lightning_sft' has no attribute {name!r}")

@@ -25,9 +25,11 @@ class HeadScoredAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scores: Tensor,
-                scale: float, is_causal: bool, softcap: float | None, sinks: Tensor | None) -> Tensor:
+                scale: float, is_causal: bool, softcap: float | None, sinks: Tensor | None,
+                input_grads: bool) -> Tensor:
         """Returns the attention output [B, Hq, Tq, Dv] in the query's dtype; `scores` [B, Hq] float32
-        (zeros) is filled by backward."""
+        (zeros) is filled by backward. With `input_grads` False backward only scores and returns no
+        dQ, dK, dV (for the first attention layer, whose inputs lead to no other attention)."""
         ctx.fused = (query.device.type == "cpu" and softcap is None and sinks is None
                      and query.shape[-1] == value.shape[-1])
         if ctx.fused:
@@ -36,21 +38,25 @@ class HeadScoredAttention(torch.autograd.Function):
         else:
             output, lse = _blockwise_forward(query, key, value, mask, scale, is_causal, softcap, sinks)
         ctx.save_for_backward(query, key, value, output, lse, mask)
-        ctx.scores, ctx.scale, ctx.is_causal, ctx.softcap = scores, scale, is_causal, softcap
+        ctx.scores, ctx.scale, ctx.is_causal, ctx.softcap, ctx.input_grads = scores, scale, is_causal, softcap, input_grads
         return output
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         query, key, value, output, lse, mask = ctx.saved_tensors
-        arguments = (query, key, value, output, lse, mask, grad_output, ctx.scores, ctx.scale, ctx.is_causal)
+        arguments = (query, key, value, output, lse, mask, grad_output, ctx.scores, ctx.scale, ctx.is_causal,
+                     ctx.softcap)
+        if not ctx.input_grads:
+            _blockwise_backward(*arguments, with_grads=False)
+            return (None,) * 10
         if not ctx.fused:
-            return *_blockwise_backward(*arguments, ctx.softcap, with_grads=True), *[None] * 6
-        # The fused kernel's gradients; the blocks below then only score (P and G, no dS).
-        _blockwise_backward(*arguments, None, with_grads=False)
+            return *_blockwise_backward(*arguments, with_grads=True), *(None,) * 7
+        # Gradients from the fused kernel; the blocks then only score (P and G, no dS).
+        _blockwise_backward(*arguments, with_grads=False)
         grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             grad_output, query, key, value, output, lse, 0.0, ctx.is_causal and mask is None,
             attn_mask=_additive(mask, query.dtype), scale=ctx.scale)
-        return *grads, *[None] * 6
+        return *grads, *(None,) * 7
 
 
 def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:

@@ -110,11 +110,15 @@ def _scored_attention(
         attention_mask = attention_mask[..., : key.shape[-2]]
     # As transformers' sdpa path: the module's own flag unless the call says otherwise; causal only without a mask.
     causal = (is_causal if is_causal is not None else getattr(module, "is_causal", True)) and query.shape[2] > 1
+    # The first attention of the forward: gradients towards its inputs reach no other attention, only the
+    # embedding output, so its backward skips dQ, dK, dV.
+    input_grads = bool(probe.layer_scores)
     scores = torch.zeros(query.shape[:2], dtype=torch.float32, device=query.device)
     probe.layer_scores[layer] = scores
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     sinks = None if s_aux is None else s_aux.detach()
-    output = HeadScoredAttention.apply(query, key, value, attention_mask, scores, scale, causal, softcap, sinks)
+    output = HeadScoredAttention.apply(query, key, value, attention_mask, scores, scale, causal, softcap, sinks,
+                                       input_grads)
     return output.transpose(1, 2).contiguous(), None
 
 
@@ -244,7 +248,7 @@ def _score_batch(model: PreTrainedModel, probe: _Probe, batch: dict[str, Tensor]
         raise NotImplementedError(f"{probe.family} called its input embedding {len(embeddings)} times in one forward; expected once")
     token_losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
     losses = token_losses.sum(1) / counts.clamp(min=1)
-    torch.autograd.grad(losses[kept].sum(), embeddings)
+    torch.autograd.grad(losses[kept].sum(), embeddings, allow_unused=True)
     scores = torch.stack([probe.layer_scores[layer] for layer in range(num_layers)], dim=1)
     return scores, losses.detach(), kept
 

@@ -1,5 +1,5 @@
-"""`python -m lightning_sft.analysis`: every command on patterns scored from a tiny Llama at several "steps"
-(weights perturbed between steps), outputs read back and checked against numpy computations."""
+"""`python -m lightning_sft.analysis`: every command on the patterns that HeadActivationCallback saved
+during two real tiny fits, outputs read back and checked against numpy computations."""
 
 import csv
 import json
@@ -11,14 +11,18 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+import lightning as L
 import torch
+from torch.utils.data import DataLoader
 from transformers import LlamaForCausalLM
+
+from callbacks import HeadActivationCallback
 
 from lightning_sft.adapters import ADAPTERS
 from lightning_sft.analysis.__main__ import main
 from lightning_sft.data import collate, load_examples, tokenize_rows
 from lightning_sft.patterns import activation_pattern, score_heads
-from lightning_sft.storage import save_pattern
+from lightning_sft.storage import load_patterns, save_pattern
 from tests.conftest import tiny_llama_config
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
@@ -40,32 +44,40 @@ def _probe_batch(tokenizer, task: str) -> dict:
     return collate(tokenize_rows(_short_rows(task, 3), tokenizer, max_length=64), tokenizer.pad_token_id)
 
 
+class _TinySFT(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = LlamaForCausalLM(tiny_llama_config())
+
+    def training_step(self, batch, batch_idx):
+        return self.model(**batch).loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=2e-2)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tokenizer):
-    """{run label: {probe: {step: float64 [2, 4]}}} as scored, saved under `<root>/<run>/head_patterns`."""
+    """Two real tiny fits with HeadActivationCallback, saved under `<root>/<run>/head_patterns`;
+    returns (root, {run label: {probe: {step: float64 [2, 4]}}}) as read back from disk."""
     root = tmp_path_factory.mktemp("logs")
-    batches = {task: _probe_batch(tokenizer, task) for task in FILES}
     scored = {}
-    for seed, (run, probes) in enumerate(RUNS.items(), start=1):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(tiny_llama_config()).eval()
-        generator = torch.Generator().manual_seed(seed)
-        direction = {name: torch.randn(p.shape, generator=generator) for name, p in model.named_parameters()}
-        scored[run] = {probe: {} for probe in probes}
-        previous = 0
-        for step in STEPS:
-            with torch.no_grad():  # a stand-in for `step - previous` optimizer steps
-                for name, parameter in model.named_parameters():
-                    parameter.add_(0.003 * (step - previous) * direction[name])
-            previous = step
-            # One scorer call per step (the scorer's setup dominates at this size); 3 examples per probe.
-            scores = score_heads(model, [batches[probe] for probe in probes])
-            assert scores.skipped == 0
-            per_example = scores.per_example
-            for position, probe in enumerate(probes):
-                pattern = per_example[3 * position:3 * position + 3].mean(0)
-                save_pattern(root / run / "head_patterns", probe, step, pattern, model={"name_or_path": "tiny"})
-                scored[run][probe][step] = pattern.double().numpy()
+    for run, probes in RUNS.items():
+        task = run.split("_")[0]
+        train = tokenize_rows(_short_rows(task, 16, start=10), tokenizer, max_length=64)
+        loader = DataLoader(train, batch_size=4, collate_fn=lambda rows: collate(rows, tokenizer.pad_token_id))
+        callback = HeadActivationCallback(
+            {probe: tokenize_rows(_short_rows(probe, 3), tokenizer, max_length=64) for probe in probes},
+            steps=list(STEPS), save_dir=str(root / run / "head_patterns"), log_images=False,
+        )
+        trainer = L.Trainer(max_steps=STEPS[-1], accelerator="cpu", logger=False, enable_checkpointing=False,
+                            callbacks=[callback], enable_progress_bar=False, enable_model_summary=False)
+        with pytest.warns(UserWarning, match="no logger"):
+            trainer.fit(_TinySFT(), loader)
+        scored[run] = {probe: {step: pattern.double().numpy() for step, pattern in steps.items()}
+                       for probe, steps in load_patterns(root / run / "head_patterns").items()}
+        assert all(sorted(steps) == list(STEPS) for steps in scored[run].values())
     return root, scored
 
 
@@ -265,7 +277,7 @@ def test_run_discovery_and_bad_runs(runs, capsys, tmp_path):
 
     save_pattern(tmp_path / "other_model" / "head_patterns", "mmlu", 0, torch.rand(2, 4), model={"name_or_path": "b"})
     error = _fails(capsys, "stats", root / "gsm8k_task/version_0", tmp_path / "other_model")
-    assert "runs of different models" in error and "'tiny'" in error and "'b'" in error
+    assert "runs of different models" in error and "LlamaForCausalLM" in error and "'b'" in error
 
     save_pattern(tmp_path / "one_step" / "head_patterns", "arc", 0, torch.rand(2, 4))
     error = _fails(capsys, "drift", tmp_path / "one_step", "--out", tmp_path / "out")
