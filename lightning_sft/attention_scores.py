@@ -70,12 +70,23 @@ def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return mask.to(dtype)
 
 
-def _grouped(tensor: Tensor, kv_heads: int) -> Tensor:
-    """[B, Hq, T, X] -> float32 [B * Hkv, T, group, X] (contiguous): the rows of one block of queries,
-    for all query heads of a key/value head, are then one contiguous [rows * group, X] matrix."""
+def _grouped(tensor: Tensor, kv_heads: int, factor: float = 1.0, extra: int = 0) -> Tensor:
+    """[B, Hq, T, X] -> float32 [B * Hkv, T * group, X + extra] (contiguous, times `factor`; the `extra`
+    columns uninitialised): row t * group + g holds query head g of the key/value head's group, so one
+    block of queries, for every head that shares a key/value head, is one contiguous matrix."""
     batch, heads, length, last = tensor.shape
-    grouped = tensor.reshape(batch, kv_heads, heads // kv_heads, length, last).transpose(2, 3)
-    return grouped.reshape(batch * kv_heads, length, heads // kv_heads, last).float().contiguous()
+    grouped = torch.empty(batch, kv_heads, length, heads // kv_heads, last + extra, dtype=torch.float32,
+                          device=tensor.device)
+    source = tensor.unflatten(1, (kv_heads, -1)).transpose(2, 3)
+    torch.mul(source, factor, out=grouped[..., :last])
+    return grouped.view(batch * kv_heads, -1, last + extra)
+
+
+def _flat(tensor: Tensor, extra: int = 0) -> Tensor:
+    """[B, Hkv, T, X] -> float32 [B * Hkv, T, X + extra] (contiguous, the `extra` columns uninitialised)."""
+    flat = torch.empty(*tensor.shape[:-1], tensor.shape[-1] + extra, dtype=torch.float32, device=tensor.device)
+    flat[..., : tensor.shape[-1]] = tensor
+    return flat.flatten(0, 1)
 
 
 def _block_rows(flat: int, group: int, keys: int) -> int:
@@ -140,11 +151,11 @@ def _view(buffer: Tensor, leading: torch.Size, keys: int) -> Tensor:
 def _blockwise_forward(query, key, value, mask, scale, is_causal, softcap, sinks) -> tuple[Tensor, Tensor]:
     """Attention output [B, Hq, Tq, Dv] (query dtype) and logsumexp [B, Hq, Tq] float32, one block of
     queries at a time; for rows with no key the logsumexp is 0 and the output 0 (as the fused kernel)."""
-    batch, heads, length, dim = query.shape
+    batch, heads, length, _ = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     group, flat = heads // kv_heads, batch * kv_heads
-    scaled_query = _grouped(query, kv_heads) * (scale / (softcap or 1.0))
-    key, value = key.reshape(flat, keys, dim).float(), value.reshape(flat, keys, -1).float()
+    scaled_query = _grouped(query, kv_heads, scale / (softcap or 1.0))
+    key, value = _flat(key), _flat(value)
     # Laid out [B, Tq, Hq, Dv] so that transformers' transpose(1, 2).contiguous() is free.
     output = query.new_zeros(batch, length, kv_heads, group, value.shape[-1])
     lse = torch.zeros(batch, length, kv_heads, group, dtype=torch.float32, device=query.device)
@@ -157,7 +168,7 @@ def _blockwise_forward(query, key, value, mask, scale, is_causal, softcap, sinks
         first, last = _key_range(mask, is_causal, start, stop, keys)
         if first == last:
             continue
-        rows = scaled_query[:, start:stop].view(flat, -1, dim)
+        rows = scaled_query[:, start * group:stop * group]
         logits, _ = _block_logits(rows, key, None, softcap, mask, batch, is_causal, above, start, stop, first, last,
                                   buffer)
         logits = logits.view(flat, stop - start, group, last - first)
@@ -188,38 +199,36 @@ def _blockwise_backward(query, key, value, output, lse, mask, grad_output, score
     batch, heads, length, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     group, flat = heads // kv_heads, batch * kv_heads
-    scaled_query = _grouped(query, kv_heads) * scale
-    grouped_grad = _grouped(grad_output, kv_heads)
-    key_float, value_float = key.reshape(flat, keys, dim).float(), value.reshape(flat, keys, -1).float()
-    row_lse = _grouped(lse.unsqueeze(-1), kv_heads)  # [B * Hkv, Tq, group, 1]
+    row_lse = _grouped(lse.unsqueeze(-1), kv_heads)  # [B * Hkv, Tq * group, 1]
     if softcap is None:
         # [scale Q, -lse] @ [K, 1]^T = scale Q K^T - lse in one matmul.
-        logit_rows = torch.cat([scaled_query, row_lse.neg()], dim=-1)
-        logit_keys = torch.cat([key_float, key_float.new_ones(flat, keys, 1)], dim=-1)
-        shift = None
+        logit_rows, logit_keys, shift = _grouped(query, kv_heads, scale, extra=1), _flat(key, extra=1), None
+        logit_rows[..., dim:] = row_lse.neg_()
+        logit_keys[..., dim:] = 1.0
+        query_factor = 1.0
     else:
-        logit_rows, logit_keys, shift = scaled_query / softcap, key_float, row_lse.view(flat, -1, 1)
+        logit_rows, logit_keys, shift = _grouped(query, kv_heads, scale / softcap), _flat(key), row_lse
+        query_factor = softcap
+    grouped_grad, flat_value = _grouped(grad_output, kv_heads), _flat(value)
     head_scores = scores.view(flat, group)
     if with_grads:
-        delta = _grouped((grad_output.float() * output.float()).sum(-1, keepdim=True), kv_heads).view(flat, -1, 1)
-        grad_query = torch.zeros_like(scaled_query)
-        grad_key, grad_value = torch.zeros_like(key_float), torch.zeros_like(value_float)
+        delta = _grouped((grad_output.float() * output.float()).sum(-1, keepdim=True), kv_heads)
+        grad_query = torch.zeros(flat, length * group, dim, dtype=torch.float32, device=query.device)
+        grad_key, grad_value = torch.zeros(flat, keys, dim, device=key.device), torch.zeros_like(flat_value)
     step = _block_rows(flat, group, keys)
     above = _above_diagonal(step, query.device)
-    logit_buffer, grad_buffer = (scaled_query.new_empty(flat * min(step, length) * group * keys) for _ in range(2))
+    logit_buffer, grad_buffer = (flat_value.new_empty(flat * min(step, length) * group * keys) for _ in range(2))
     for start in range(0, length, step):
         stop = min(start + step, length)
         first, last = _key_range(mask, is_causal, start, stop, keys)
         if first == last:
             continue
         rows = slice(start * group, stop * group)
-        block_rows = logit_rows[:, start:stop].view(flat, -1, logit_rows.shape[-1])
-        block_shift = None if shift is None else shift[:, rows]
-        logits, tanh = _block_logits(block_rows, logit_keys, block_shift, softcap, mask, batch, is_causal, above,
-                                     start, stop, first, last, logit_buffer)
+        logits, tanh = _block_logits(logit_rows[:, rows], logit_keys, None if shift is None else shift[:, rows],
+                                     softcap, mask, batch, is_causal, above, start, stop, first, last, logit_buffer)
         probs = logits.exp_()
-        block_grad = grouped_grad[:, start:stop].view(flat, -1, grouped_grad.shape[-1])
-        weighted = torch.bmm(block_grad, value_float[:, first:last].transpose(1, 2),
+        block_grad = grouped_grad[:, rows]
+        weighted = torch.bmm(block_grad, flat_value[:, first:last].transpose(1, 2),
                              out=_view(grad_buffer, block_grad.shape[:2], last - first)).mul_(probs)  # P * G
         if not with_grads:
             head_scores += weighted.abs_().sum(-1).view(flat, -1, group).sum(1)
@@ -230,10 +239,9 @@ def _blockwise_backward(query, key, value, output, lse, mask, grad_output, score
         grad_logits = weighted.addcmul_(probs, delta[:, rows], value=-1)
         if tanh is not None:
             grad_logits = grad_logits.mul_(1 - tanh.square_())
-        block_query = scaled_query[:, start:stop].view(flat, -1, dim)
-        grad_key[:, first:last] += torch.bmm(grad_logits.transpose(1, 2), block_query)
-        block_grad_query = torch.bmm(grad_logits, key_float[:, first:last]).mul_(scale)
-        grad_query[:, start:stop] = block_grad_query.view(flat, stop - start, group, dim)
+        # logit_rows hold scale Q (divided by the soft cap, if any), so dK = dS^T Q scale is:
+        grad_key[:, first:last] += torch.bmm(grad_logits.transpose(1, 2), logit_rows[:, rows, :dim]).mul_(query_factor)
+        grad_query[:, rows] = torch.bmm(grad_logits, logit_keys[:, first:last, :dim]).mul_(scale)
     if not with_grads:
         return None
     grad_query = grad_query.view(batch, kv_heads, length, group, dim).transpose(2, 3).reshape(query.shape)

@@ -166,10 +166,13 @@ class SFTModule(L.LightningModule):
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in trainable if len(getattr(p, "ds_shape", p.shape)) >= 2]
         no_decay = [p for p in trainable if len(getattr(p, "ds_shape", p.shape)) < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=settings.learning_rate, betas=tuple(settings.betas),
-        )
+        groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if _offloads_optimizer(self.trainer.strategy):
+            from deepspeed.ops.adam import DeepSpeedCPUAdam  # ZeRO-Offload steps the optimizer on the CPU
+
+            optimizer = DeepSpeedCPUAdam(groups, lr=settings.learning_rate, betas=tuple(settings.betas), adamw_mode=True)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, betas=tuple(settings.betas))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_multiplier(step, settings.warmup_steps, total_steps,
                                                   settings.lr_schedule, settings.min_lr_ratio)
@@ -180,6 +183,12 @@ class SFTModule(L.LightningModule):
     def on_fit_end(self) -> None:
         if self.hparams.export_dir is not None:
             export_hf(self, Path(self.trainer.log_dir or self.trainer.default_root_dir) / self.hparams.export_dir)
+
+
+def _offloads_optimizer(strategy: Any) -> bool:
+    """Whether a DeepSpeed strategy keeps the optimizer state on the CPU (ZeRO-Offload)."""
+    zero = (getattr(strategy, "config", None) or {}).get("zero_optimization", {})
+    return isinstance(zero, dict) and zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:

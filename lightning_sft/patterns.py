@@ -246,8 +246,10 @@ def _score_batch(model: PreTrainedModel, probe: _Probe, batch: dict[str, Tensor]
         )
     if len(embeddings) != 1:
         raise NotImplementedError(f"{probe.family} called its input embedding {len(embeddings)} times in one forward; expected once")
-    token_losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
-    losses = token_losses.sum(1) / counts.clamp(min=1)
+    # logits[t] predicts labels[t + 1]; the last position predicts nothing (target -100).
+    token_losses = F.cross_entropy(logits.flatten(0, 1).float(), F.pad(targets, (0, 1), value=IGNORE_INDEX).flatten(),
+                                   ignore_index=IGNORE_INDEX, reduction="none")
+    losses = token_losses.view(targets.shape[0], -1).sum(1) / counts.clamp(min=1)
     torch.autograd.grad(losses[kept].sum(), embeddings, allow_unused=True)
     scores = torch.stack([probe.layer_scores[layer] for layer in range(num_layers)], dim=1)
     return scores, losses.detach(), kept
@@ -325,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size}: pass a positive integer")
     if not (Path(args.model) / "config.json").is_file():
-        parser.error(f"--model {args.model}: not a model directory (no config.json); pass a folder written by save_pretrained")
+        sys.exit(f"error: --model {args.model}: not a model directory (no config.json); pass a folder written by save_pretrained")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -117,3 +117,28 @@ def test_zero_fit_resume_export_and_probes(tmp_path, stage):
     torch.testing.assert_close(whole_patterns[0], activation_pattern(pretrained.eval(), batches), rtol=2e-2, atol=1e-6)
     reloaded.eval()
     torch.testing.assert_close(whole_patterns[6], activation_pattern(reloaded, batches), rtol=2e-2, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "sft_zero2_offload"])
+def test_ddp_and_zero_offload_fit_with_probes(tmp_path, strategy):
+    """Plain DDP and ZeRO-Offload (DeepSpeedCPUAdam) from YAML: train, probe on both ranks, export."""
+    inputs = write_inputs(tmp_path)
+    config_path = write_run_config(tmp_path, inputs, stage=2)
+    config = yaml.safe_load(config_path.read_text())
+    config["trainer"]["strategy"] = strategy
+    config["trainer"]["max_steps"] = 2
+    config["trainer"]["callbacks"][1]["init_args"]["steps"] = [0, 2]
+    config_path.write_text(yaml.safe_dump(config))
+    fit(config_path)
+
+    run = tmp_path / "lightning_logs" / "version_0"
+    pretrained = AutoModelForCausalLM.from_pretrained(inputs[0]).eval()
+    exported = AutoModelForCausalLM.from_pretrained(run / "hf_export").eval()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(exported.state_dict()[name], pretrained.state_dict()[name])
+    patterns = load_patterns(run / "head_patterns")["times3"]
+    examples = load_examples(str(inputs[2]), byte_tokenizer())
+    batches = [collate(examples[i:i + 2], 0) for i in range(0, len(examples), 2)]
+    torch.testing.assert_close(patterns[0], activation_pattern(pretrained, batches), rtol=2e-2, atol=1e-6)
+    torch.testing.assert_close(patterns[2], activation_pattern(exported, batches), rtol=2e-2, atol=1e-6)
