@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 import lightning_sft.strategy  # noqa: F401  (strategy names used by the configs)
 from lightning_sft.data import SFTDataModule
 from lightning_sft.module import SFTModule
+from lightning_sft.storage import load_patterns
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -50,7 +51,8 @@ def run_train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_demo_config_fits_offline_and_leaves_checkpoint_events_export(tmp_path):
     run_train("fit", "--config", "configs/demo.yaml", "--trainer.default_root_dir", str(tmp_path),
-              "--trainer.max_steps", "8", "--trainer.val_check_interval", "4", "--model.warmup_steps", "2")
+              "--trainer.max_steps", "8", "--trainer.val_check_interval", "4", "--model.warmup_steps", "2",
+              "--trainer.log_every_n_steps", "2")
     run_dir = tmp_path / "lightning_logs" / "version_0"
     assert list((run_dir / "checkpoints").glob("*.ckpt"))
     events = EventAccumulator(str(run_dir)).Reload()
@@ -60,3 +62,23 @@ def test_demo_config_fits_offline_and_leaves_checkpoint_events_export(tmp_path):
     export = run_dir / "hf_export"
     model = AutoModelForCausalLM.from_pretrained(export)
     assert model.config.num_hidden_layers == 4 and list(export.glob("*.safetensors"))
+    probes = ("addition", "reversal", "sorting", "counting", "reversed_sum")
+    for probe in probes:  # the callback is on in the demo: drift and concentration curves for every probe
+        for tag in ("head_drift/{}/pearson", "head_drift/{}/mse", "head_activation/{}/gini", "head_probe/{}/loss"):
+            assert [event.step for event in events.Scalars(tag.format(probe))] == [0, 1, 2, 4, 8]
+    assert sorted(load_patterns(run_dir / "head_patterns")) == sorted(probes)
+
+
+def test_print_config_shows_every_option():
+    result = run_train("fit", "--config", "configs/demo.yaml", "--print_config")
+    printed = yaml.safe_load(result.stdout)
+    assert printed["model"]["learning_rate"] == 0.003
+    assert {"gradient_checkpointing", "warmup_steps", "export_dir"} <= printed["model"].keys()
+    assert {"packing", "val_fraction", "adapter"} <= printed["data"].keys()
+
+
+@pytest.mark.slow
+def test_validate_subcommand(tmp_path):
+    result = run_train("validate", "--config", "configs/demo.yaml", "--trainer.default_root_dir", str(tmp_path),
+                       "--trainer.limit_val_batches", "2", "--trainer.callbacks", "[]")
+    assert "val/loss" in result.stdout + result.stderr
