@@ -89,8 +89,9 @@ def _flat(tensor: Tensor, extra: int = 0) -> Tensor:
     return flat.flatten(0, 1)
 
 
-def _block_rows(flat: int, group: int, keys: int) -> int:
-    return max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // max(1, flat * group * keys))
+def _block_rows(flat: int, group: int, length: int, keys: int) -> int:
+    """Queries per block: a block's [B * Hkv, rows * group, keys] buffers hold about BLOCK_ELEMENTS."""
+    return min(length, max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // max(1, flat * group * keys)))
 
 
 def _key_range(mask: Tensor | None, is_causal: bool, start: int, stop: int, keys: int) -> tuple[int, int]:
@@ -160,9 +161,9 @@ def _blockwise_forward(query, key, value, mask, scale, is_causal, softcap, sinks
     output = query.new_zeros(batch, length, kv_heads, group, value.shape[-1])
     lse = torch.zeros(batch, length, kv_heads, group, dtype=torch.float32, device=query.device)
     sink = None if sinks is None else sinks.float().view(kv_heads, 1, group).repeat(batch, 1, 1).view(flat, 1, group, 1)
-    step = _block_rows(flat, group, keys)
+    step = _block_rows(flat, group, length, keys)
     above = _above_diagonal(step, query.device)
-    buffer = scaled_query.new_empty(flat * min(step, length) * group * keys)
+    buffer = scaled_query.new_empty(flat * step * group * keys)
     for start in range(0, length, step):
         stop = min(start + step, length)
         first, last = _key_range(mask, is_causal, start, stop, keys)
@@ -215,9 +216,9 @@ def _blockwise_backward(query, key, value, output, lse, mask, grad_output, score
         delta = _grouped((grad_output.float() * output.float()).sum(-1, keepdim=True), kv_heads)
         grad_query = torch.zeros(flat, length * group, dim, dtype=torch.float32, device=query.device)
         grad_key, grad_value = torch.zeros(flat, keys, dim, device=key.device), torch.zeros_like(flat_value)
-    step = _block_rows(flat, group, keys)
+    step = _block_rows(flat, group, length, keys)
     above = _above_diagonal(step, query.device)
-    logit_buffer, grad_buffer = (flat_value.new_empty(flat * min(step, length) * group * keys) for _ in range(2))
+    logit_buffer, grad_buffer = (flat_value.new_empty(flat * step * group * keys) for _ in range(2))
     for start in range(0, length, step):
         stop = min(start + step, length)
         first, last = _key_range(mask, is_causal, start, stop, keys)

@@ -1,8 +1,8 @@
 """Generates the offline demo's data: four basic tasks and one complex task composed of two of them.
 
 Basic tasks: `addition` (12+345= -> 357), `reversal` (rev 3142= -> 2413), `sorting` (sort 3142= -> 1234),
-`counting` (count a in abca= -> 2). Complex task: `reversed_sum` (rsum 12+345= -> 753), the digits
-of a sum in reverse, i.e. addition followed by reversal. The composition analysis asks whether the
+`counting` (count a in abca= -> 2). Complex task: `reversed_sum` (rev 12+345= -> 753), the digits
+of a sum in reverse, i.e. addition followed by reversal, written as reversal applied to an addition. The composition analysis asks whether the
 change of `reversed_sum`'s head pattern is explained by `addition` and `reversal` better than by the
 other bases.
 
@@ -47,7 +47,7 @@ def counting(rng: random.Random) -> dict[str, str]:
 
 def reversed_sum(rng: random.Random) -> dict[str, str]:
     a, b = _number(rng), _number(rng)
-    return {"prompt": f"rsum {a}+{b}=", "response": str(a + b)[::-1]}
+    return {"prompt": f"rev {a}+{b}=", "response": str(a + b)[::-1]}
 
 
 TASKS: dict[str, Callable[[random.Random], dict[str, str]]] = {

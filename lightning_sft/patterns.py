@@ -285,7 +285,9 @@ def score_heads(model: PreTrainedModel, batches: Iterable[Mapping[str, Tensor]],
           torch.autocast(device_type, enabled=False), Progress(disable=not progress or rank != 0) as bar):
         task = bar.add_task("Scoring heads", total=passes)
         for step in range(passes):
-            index = mine[step] if step < len(mine) else None
+            if step >= len(mine):
+                break
+            index = mine[step]
             # A rank out of batches repeats batch 0 and discards it, so all ranks run equally many passes.
             scores, batch_losses, batch_kept = _score_batch(model, probe, batches[0 if index is None else index])
             if per_example is None:
