@@ -201,7 +201,7 @@ class HeadActivationCallback(Callback):
                     "not a transformers PreTrainedModel; name the attribute that holds it."
                 )
             return model
-        found = {name: value for name, value in vars(pl_module)["_modules"].items() if isinstance(value, PreTrainedModel)}
+        found = {name: child for name, child in pl_module.named_children() if isinstance(child, PreTrainedModel)}
         if len(found) != 1:
             raise ValueError(
                 f"HeadActivationCallback found {len(found)} transformers models on {type(pl_module).__name__} "

@@ -12,8 +12,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
-from transformers.integrations import HfDeepSpeedConfig
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.integrations import HfDeepSpeedConfig
 from typing_extensions import override
 
 from lightning_sft.tokenizer import byte_tokenizer

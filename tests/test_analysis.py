@@ -8,20 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import matplotlib.image
 import numpy as np
 import pytest
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 from transformers import LlamaForCausalLM
 
 from callbacks import HeadActivationCallback
-
 from lightning_sft.adapters import ADAPTERS
 from lightning_sft.analysis.__main__ import main
 from lightning_sft.data import collate, load_examples, tokenize_rows
-from lightning_sft.patterns import activation_pattern, score_heads
+from lightning_sft.patterns import activation_pattern
 from lightning_sft.storage import load_patterns, save_pattern
 from tests.conftest import tiny_llama_config
 
