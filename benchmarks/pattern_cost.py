@@ -2,6 +2,7 @@
 
     python benchmarks/pattern_cost.py                     # T = 512, 1024, 2048, 4096
     python benchmarks/pattern_cost.py --lengths 512 1024  # a quick run
+    python benchmarks/pattern_cost.py --threads 1         # steadier timings on a shared machine
 
 Model: Llama, 4 layers, hidden 256, 8 heads (head dim 32), vocab 1024, float32; batch 2, no padding,
 the first quarter of each sequence unsupervised. Each measurement runs in its own subprocess so its peak
@@ -101,12 +102,15 @@ def bf16_deviation(length: int) -> dict:
 def in_subprocess(*args: str) -> dict:
     result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
     if result.returncode != 0:
-        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"}
+        lines = result.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit code {result.returncode}"}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def cell(result: dict, key: str, fmt: str) -> str:
-    return format(result[key], fmt) if key in result else "n/a"
+    if key in result:
+        return format(result[key], fmt)
+    return "skipped" if result.get("error") == "skipped" else "failed"
 
 
 def ratio(result: dict, base: dict, key: str) -> str:
@@ -117,15 +121,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--naive-max-length", type=int, default=4096,
-                        help="skip the naive way above this length (it keeps 2 x L x T^2 floats per head)")
+    parser.add_argument("--naive-max-length", type=int, default=2048,
+                        help="skip the naive way above this length (it keeps 2 x L x T^2 floats per head: ~12 GiB"
+                             " at T=4096)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per measurement (default: torch's)")
     parser.add_argument("--measure", choices=(*METHODS, "bf16"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.measure:
         (length,) = args.lengths
         result = bf16_deviation(length) if args.measure == "bf16" else measure(args.measure, length, args.repeats)
         print(json.dumps(result))
         return
+    threads = ("--threads", str(args.threads)) if args.threads else ()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {BATCH}, float32 unless noted\n")
     print("| T | ours s | ours MiB | naive s | naive MiB | train s | train MiB | ours/train time | ours/train mem"
           " | naive/train time | naive/train mem | bf16 vs fp32 |")
@@ -136,13 +145,16 @@ def main() -> None:
             if method == "naive" and length > args.naive_max_length:
                 results[method] = {"error": "skipped"}
                 continue
-            results[method] = in_subprocess("--measure", method, "--lengths", str(length), "--repeats", str(args.repeats))
-        deviation = in_subprocess("--measure", "bf16", "--lengths", str(length))
+            results[method] = in_subprocess(*threads, "--measure", method, "--lengths", str(length),
+                                            "--repeats", str(args.repeats))
+        deviation = in_subprocess(*threads, "--measure", "bf16", "--lengths", str(length))
         ours, naive, train = (results[method] for method in METHODS)
-        print(f"| {length} | {cell(ours, 'seconds', '.2f')} | {cell(ours, 'mib', '.0f')} | {cell(naive, 'seconds', '.2f')}"
-              f" | {cell(naive, 'mib', '.0f')} | {cell(train, 'seconds', '.2f')} | {cell(train, 'mib', '.0f')}"
-              f" | {ratio(ours, train, 'seconds')} | {ratio(ours, train, 'mib')} | {ratio(naive, train, 'seconds')}"
-              f" | {ratio(naive, train, 'mib')} | {cell(deviation, 'deviation', '.1e')} |", flush=True)
+        cells = [str(length)]
+        for result in (ours, naive, train):
+            cells += [cell(result, "seconds", ".2f"), cell(result, "mib", ".0f")]
+        for result in (ours, naive):
+            cells += [ratio(result, train, "seconds"), ratio(result, train, "mib")]
+        print("| " + " | ".join(cells + [cell(deviation, "deviation", ".1e")]) + " |", flush=True)
         for method, result in {**results, "bf16": deviation}.items():
             if "error" in result and result["error"] != "skipped":
                 print(f"  T={length} {method}: {result['error']}", file=sys.stderr)

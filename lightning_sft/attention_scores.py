@@ -7,6 +7,11 @@ and returns dQ, dK, dV. Memory is O(block x T) per head. The query heads that sh
 (grouped-query attention) are processed together as extra rows of one block, so keys and values are
 never repeated.
 
+On CPU without soft-capping or sinks, PyTorch's fused flash-attention kernels do the forward (they also
+return the logsumexp) and dQ, dK, dV, and the blocks only score; elsewhere the blocks do everything. The
+cost over a training step's attention is two T x T matmuls per layer (S and G, which the fused backward
+computes internally but does not expose), less the weight gradients that are never computed.
+
 Shapes: query [B, Hq, Tq, D], key [B, Hkv, Tk, D], value [B, Hkv, Tk, Dv], Hq a multiple of Hkv
 (query head h reads key/value head h // (Hq / Hkv), as `transformers`' `repeat_kv`); mask None, or
 broadcastable to [B, Hq, Tq, Tk], bool (True attends) or additive float.
@@ -15,9 +20,10 @@ broadcastable to [B, Hq, Tq, Tk], bool (True attends) or additive float.
 import torch
 from torch import Tensor
 
-# Elements of one [B * Hkv, rows, keys] float32 block buffer (4 MiB); the backward holds about three.
-BLOCK_ELEMENTS = 1 << 20
-MIN_BLOCK_ROWS = 16
+# Queries per block. A block's float32 buffers are [B * Hq, BLOCK_ROWS, Tk]: 16 MiB each at B * Hq = 16 and
+# Tk = 2048 (backward holds two, three with gradients), i.e. linear in T like the activations. Measured best
+# on CPU (benchmarks/pattern_cost.py): smaller blocks pay per-call overhead, larger ones miss the caches.
+BLOCK_ROWS = 128
 
 
 class HeadScoredAttention(torch.autograd.Function):
@@ -33,12 +39,16 @@ class HeadScoredAttention(torch.autograd.Function):
         ctx.fused = (query.device.type == "cpu" and softcap is None and sinks is None
                      and query.shape[-1] == value.shape[-1])
         if ctx.fused:
+            # PyTorch's CPU flash-attention kernel: it also returns the logsumexp [B, Hq, Tq] float32 (0 for
+            # rows with no key, whose output is 0) and reads grouped key/value heads without repeating them.
             output, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                query, key, value, 0.0, is_causal and mask is None, attn_mask=_additive(mask, query.dtype), scale=scale)
+                query, key, value, 0.0, is_causal and mask is None, attn_mask=_additive(mask, query.dtype),
+                scale=scale)
         else:
             output, lse = _blockwise_forward(query, key, value, mask, scale, is_causal, softcap, sinks)
         ctx.save_for_backward(query, key, value, output, lse, mask)
-        ctx.scores, ctx.scale, ctx.is_causal, ctx.softcap, ctx.input_grads = scores, scale, is_causal, softcap, input_grads
+        ctx.scores, ctx.scale, ctx.is_causal, ctx.softcap = scores, scale, is_causal, softcap
+        ctx.input_grads = input_grads
         return output
 
     @staticmethod
@@ -60,9 +70,7 @@ class HeadScoredAttention(torch.autograd.Function):
 
 
 def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """The mask as PyTorch's CPU flash-attention kernel takes it: additive, of the query's dtype. The
-    kernel returns logsumexp [B, Hq, Tq] float32 (0 for rows with no key, whose output is 0) and handles
-    grouped-query heads natively."""
+    """The mask as PyTorch's CPU flash-attention kernel takes it: additive, of the query's dtype."""
     if mask is None or mask.dtype == dtype:
         return mask
     if mask.dtype == torch.bool:
@@ -87,11 +95,6 @@ def _flat(tensor: Tensor, extra: int = 0) -> Tensor:
     flat = torch.empty(*tensor.shape[:-1], tensor.shape[-1] + extra, dtype=torch.float32, device=tensor.device)
     flat[..., : tensor.shape[-1]] = tensor
     return flat.flatten(0, 1)
-
-
-def _block_rows(flat: int, group: int, length: int, keys: int) -> int:
-    """Queries per block: a block's [B * Hkv, rows * group, keys] buffers hold about BLOCK_ELEMENTS."""
-    return min(length, max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // max(1, flat * group * keys)))
 
 
 def _key_range(mask: Tensor | None, is_causal: bool, start: int, stop: int, keys: int) -> tuple[int, int]:
@@ -160,8 +163,10 @@ def _blockwise_forward(query, key, value, mask, scale, is_causal, softcap, sinks
     # Laid out [B, Tq, Hq, Dv] so that transformers' transpose(1, 2).contiguous() is free.
     output = query.new_zeros(batch, length, kv_heads, group, value.shape[-1])
     lse = torch.zeros(batch, length, kv_heads, group, dtype=torch.float32, device=query.device)
-    sink = None if sinks is None else sinks.float().view(kv_heads, 1, group).repeat(batch, 1, 1).view(flat, 1, group, 1)
-    step = _block_rows(flat, group, length, keys)
+    sink = None
+    if sinks is not None:  # [Hq] -> [B * Hkv, 1, group, 1], beside the logits viewed [B * Hkv, rows, group, keys]
+        sink = sinks.float().view(1, kv_heads, 1, group, 1).expand(batch, -1, -1, -1, -1).reshape(flat, 1, group, 1)
+    step = min(BLOCK_ROWS, length)
     above = _above_diagonal(step, query.device)
     buffer = scaled_query.new_empty(flat * step * group * keys)
     for start in range(0, length, step):
@@ -216,7 +221,7 @@ def _blockwise_backward(query, key, value, output, lse, mask, grad_output, score
         delta = _grouped((grad_output.float() * output.float()).sum(-1, keepdim=True), kv_heads)
         grad_query = torch.zeros(flat, length * group, dim, dtype=torch.float32, device=query.device)
         grad_key, grad_value = torch.zeros(flat, keys, dim, device=key.device), torch.zeros_like(flat_value)
-    step = _block_rows(flat, group, length, keys)
+    step = min(BLOCK_ROWS, length)
     above = _above_diagonal(step, query.device)
     logit_buffer, grad_buffer = (flat_value.new_empty(flat * step * group * keys) for _ in range(2))
     for start in range(0, length, step):
@@ -241,7 +246,8 @@ def _blockwise_backward(query, key, value, output, lse, mask, grad_output, score
         if tanh is not None:
             grad_logits = grad_logits.mul_(1 - tanh.square_())
         # logit_rows hold scale Q (divided by the soft cap, if any), so dK = dS^T Q scale is:
-        grad_key[:, first:last] += torch.bmm(grad_logits.transpose(1, 2), logit_rows[:, rows, :dim]).mul_(query_factor)
+        block_grad_key = torch.bmm(grad_logits.transpose(1, 2), logit_rows[:, rows, :dim])
+        grad_key[:, first:last] += block_grad_key.mul_(query_factor)
         grad_query[:, rows] = torch.bmm(grad_logits, logit_keys[:, first:last, :dim]).mul_(scale)
     if not with_grads:
         return None

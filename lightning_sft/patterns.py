@@ -31,13 +31,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from rich.progress import Progress
 from torch import Tensor
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from lightning_sft.attention_scores import HeadScoredAttention
 
 ATTENTION_NAME = "lightning_sft_head_scores"
 IGNORE_INDEX = -100
+BATCH_KEYS = ("input_ids", "attention_mask", "labels")
 # Arguments some families pass to their attention function that change the attention computed here.
 UNSUPPORTED_ARGUMENTS = ("position_bias", "sinks", "indices", "block_indices", "head_mask")
 
@@ -97,18 +98,18 @@ def _scored_attention(
     where = f"{probe.family} ({type(module).__name__}, layer {layer})"
     for name in UNSUPPORTED_ARGUMENTS:
         if kwargs.get(name) is not None:
-            raise NotImplementedError(f"{where} passes `{name}` to its attention function; head scoring does not support it")
+            raise NotImplementedError(f"{where} passes `{name}` to its attention function; scoring does not support it")
     if attention_mask is not None and not isinstance(attention_mask, Tensor):
-        raise NotImplementedError(f"{where} passes a {type(attention_mask).__name__} attention mask; head scoring needs a tensor")
+        raise NotImplementedError(f"{where} passes a {type(attention_mask).__name__} mask; scoring needs a tensor mask")
     if dropout:
         raise ValueError(f"{where} applies attention dropout {dropout}; head scoring runs the model in eval mode")
     if not isinstance(layer, int):
-        raise NotImplementedError(f"{where}: its attention module has no integer `layer_idx`, so its heads cannot be placed")
+        raise NotImplementedError(f"{where}: its attention module has no integer `layer_idx` to place its heads by")
     if layer in probe.layer_scores:
         raise NotImplementedError(f"{where} runs attention twice in one forward; head scores need one call per layer")
     if attention_mask is not None:
         attention_mask = attention_mask[..., : key.shape[-2]]
-    # As transformers' sdpa path: the module's own flag unless the call says otherwise; causal only without a mask.
+    # As transformers' sdpa path: the call's flag, else the module's (it matters only where there is no mask).
     causal = (is_causal if is_causal is not None else getattr(module, "is_causal", True)) and query.shape[2] > 1
     # The first attention of the forward: gradients towards its inputs reach no other attention, only the
     # embedding output, so its backward skips dQ, dK, dV.
@@ -151,7 +152,7 @@ def _text_request(model: PreTrainedModel) -> dict:
     for key in model.config.sub_configs:
         if getattr(model.config, key) is text_config:
             return {key: ATTENTION_NAME}
-    raise NotImplementedError(f"{_family(model)}: its text decoder config is nested too deeply to switch its attention")
+    raise NotImplementedError(f"{_family(model)}: its text decoder config is nested too deep to switch its attention")
 
 
 @contextmanager
@@ -194,10 +195,10 @@ def _probing(model: PreTrainedModel) -> Iterator[_Probe]:
 
 def _check_batch(index: int, batch: Mapping) -> dict[str, Tensor]:
     """input_ids, attention_mask, labels [B, T] of batch `index`, or a ValueError naming what is wrong."""
-    missing = [name for name in ("input_ids", "attention_mask", "labels") if not isinstance(batch.get(name), Tensor)]
+    missing = [name for name in BATCH_KEYS if not isinstance(batch.get(name), Tensor)]
     if missing:
         raise ValueError(f"batch {index} lacks tensor(s) {missing}; pass dicts from lightning_sft.data.collate")
-    tensors = {name: batch[name] for name in ("input_ids", "attention_mask", "labels")}
+    tensors = {name: batch[name] for name in BATCH_KEYS}
     shapes = {name: tuple(tensor.shape) for name, tensor in tensors.items()}
     if len(set(shapes.values())) > 1 or len(shapes["input_ids"]) != 2:
         raise ValueError(f"batch {index}: shapes disagree or are not [batch, length]: {shapes}")
@@ -210,12 +211,14 @@ def _check_batch(index: int, batch: Mapping) -> dict[str, Tensor]:
     return tensors
 
 
-def _score_batch(model: PreTrainedModel, probe: _Probe, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+def _score_batch(
+    model: PreTrainedModel, probe: _Probe, batch: dict[str, Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
     """One forward + backward: scores [B, L, H] float32, losses [B] float32, kept [B] bool (has a
     supervised token; the others' losses are NaN-free zeros and do not enter the backward)."""
     device = model.device
     # Clones: tensors made under inference mode cannot be saved for backward.
-    input_ids, attention_mask, labels = (batch[name].to(device).clone() for name in ("input_ids", "attention_mask", "labels"))
+    input_ids, attention_mask, labels = (batch[name].to(device).clone() for name in BATCH_KEYS)
     targets = labels[:, 1:].masked_fill(attention_mask[:, 1:] == 0, IGNORE_INDEX)
     counts = (targets != IGNORE_INDEX).sum(1)
     kept = counts > 0
@@ -242,13 +245,15 @@ def _score_batch(model: PreTrainedModel, probe: _Probe, batch: dict[str, Tensor]
     if missing:
         raise NotImplementedError(
             f"{probe.family}: layers {missing} of {num_layers} never called the attention interface (not softmax"
-            " attention, or attention computed outside transformers' AttentionInterface), so their heads cannot be scored"
+            " attention, or computed outside transformers' AttentionInterface), so their heads cannot be scored"
         )
     if len(embeddings) != 1:
-        raise NotImplementedError(f"{probe.family} called its input embedding {len(embeddings)} times in one forward; expected once")
+        raise NotImplementedError(
+            f"{probe.family} called its input embedding {len(embeddings)} times in one forward; expected once")
     # logits[t] predicts labels[t + 1]; the last position predicts nothing (target -100).
-    token_losses = F.cross_entropy(logits.flatten(0, 1).float(), F.pad(targets, (0, 1), value=IGNORE_INDEX).flatten(),
-                                   ignore_index=IGNORE_INDEX, reduction="none")
+    shifted = F.pad(targets, (0, 1), value=IGNORE_INDEX)
+    token_losses = F.cross_entropy(logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE_INDEX,
+                                   reduction="none")
     losses = token_losses.view(targets.shape[0], -1).sum(1) / counts.clamp(min=1)
     torch.autograd.grad(losses[kept].sum(), embeddings, allow_unused=True)
     scores = torch.stack([probe.layer_scores[layer] for layer in range(num_layers)], dim=1)
@@ -261,7 +266,9 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def score_heads(model: PreTrainedModel, batches: Iterable[Mapping[str, Tensor]], *, progress: bool = False) -> HeadScores:
+def score_heads(
+    model: PreTrainedModel, batches: Iterable[Mapping[str, Tensor]], *, progress: bool = False
+) -> HeadScores:
     """Eq. 1 for every example of `batches` (dicts with `input_ids`, `attention_mask`, `labels` [B, T]).
 
     `model` is a transformers causal LM (any dtype, mode and attention implementation; left as found).
@@ -285,9 +292,7 @@ def score_heads(model: PreTrainedModel, batches: Iterable[Mapping[str, Tensor]],
           torch.autocast(device_type, enabled=False), Progress(disable=not progress or rank != 0) as bar):
         task = bar.add_task("Scoring heads", total=passes)
         for step in range(passes):
-            if step >= len(mine):
-                break
-            index = mine[step]
+            index = mine[step] if step < len(mine) else None
             # A rank out of batches repeats batch 0 and discards it, so all ranks run equally many passes.
             scores, batch_losses, batch_kept = _score_batch(model, probe, batches[0 if index is None else index])
             if per_example is None:
@@ -305,7 +310,9 @@ def score_heads(model: PreTrainedModel, batches: Iterable[Mapping[str, Tensor]],
     return HeadScores(per_example.cpu()[kept], losses.cpu()[kept], skipped=int((~kept).sum()))
 
 
-def activation_pattern(model: PreTrainedModel, batches: Iterable[Mapping[str, Tensor]], *, per_example: bool = False) -> Tensor:
+def activation_pattern(
+    model: PreTrainedModel, batches: Iterable[Mapping[str, Tensor]], *, per_example: bool = False
+) -> Tensor:
     """Head-activation pattern, float32 [num_layers, num_heads] (mean of Eq. 1 over the examples with a
     supervised token), or with `per_example` the scores [N, num_layers, num_heads] of those examples in
     input order. See `score_heads`."""
@@ -316,23 +323,23 @@ def activation_pattern(model: PreTrainedModel, batches: Iterable[Mapping[str, Te
 def main(argv: list[str] | None = None) -> None:
     """Score a saved model on a probe file and write `pattern`, `per_example` and `losses` (safetensors)."""
     parser = argparse.ArgumentParser(prog="python -m lightning_sft.patterns", description=main.__doc__)
-    parser.add_argument("--model", required=True, help="model directory written by save_pretrained (with its tokenizer)")
-    parser.add_argument("--probe", required=True, help="probe data file (.jsonl/.json/.parquet/.csv) in a training-data format")
+    parser.add_argument("--model", required=True, help="directory written by save_pretrained, with its tokenizer")
+    parser.add_argument("--probe", required=True, help="probe file (.jsonl/.json/.parquet/.csv) in a training format")
     parser.add_argument("--out", required=True, type=Path, help="output .safetensors file")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--max-examples", type=int, default=None)
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     parser.add_argument("--format", default="auto", help="prompt_response, chat, text or auto (see lightning_sft.data)")
-    parser.add_argument("--adapter", default=None, help="benchmark adapter turning rows into prompt/response (e.g. gsm8k)")
+    parser.add_argument("--adapter", default=None, help="benchmark adapter from rows to prompt/response (e.g. gsm8k)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size}: pass a positive integer")
     if not (Path(args.model) / "config.json").is_file():
-        sys.exit(f"error: --model {args.model}: not a model directory (no config.json); pass a folder written by save_pretrained")
+        sys.exit(f"error: --model {args.model}: not a model directory (no config.json); pass a folder written by"
+                 " save_pretrained")
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    # Imported here: the library part of this module knows torch and transformers only (data.py uses Lightning).
     from lightning_sft.data import collate, load_examples
     from lightning_sft.storage import save_scores
 
@@ -348,7 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     save_scores(args.out, scores.pattern, scores.per_example, scores.losses, metadata={
         "model": str(args.model), "probe": str(args.probe), "dtype": args.dtype, "skipped": str(scores.skipped)})
     layers, heads = scores.pattern.shape
-    print(f"wrote the [{layers}, {heads}] pattern of {len(scores.losses)} examples ({scores.skipped} skipped) to {args.out}")
+    print(f"wrote the [{layers}, {heads}] pattern of {len(scores.losses)} examples ({scores.skipped} skipped)"
+          f" to {args.out}")
 
 
 if __name__ == "__main__":

@@ -65,48 +65,46 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = TOL
 # Tiny configs of every family whose attention goes through transformers' AttentionInterface that builds
 # in well under a second: grouped- and multi-query heads, soft-capping, sliding windows, attention sinks.
 BASE = dict(vocab_size=259, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+GPT = dict(vocab_size=259, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)
 FAMILIES = {
-    "llama_gqa": (transformers.LlamaConfig, transformers.LlamaForCausalLM, dict(BASE, intermediate_size=64, num_key_value_heads=2)),
-    "gemma_mqa": (transformers.GemmaConfig, transformers.GemmaForCausalLM, dict(BASE, intermediate_size=64, num_key_value_heads=1, head_dim=8)),
-    "gemma2_softcap_sliding": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM, dict(
+    "llama_gqa": (transformers.LlamaForCausalLM, dict(BASE, intermediate_size=64, num_key_value_heads=2)),
+    "gemma_mqa": (transformers.GemmaForCausalLM, dict(BASE, intermediate_size=64, num_key_value_heads=1, head_dim=8)),
+    "gemma2_softcap_sliding": (transformers.Gemma2ForCausalLM, dict(
         BASE, intermediate_size=64, num_key_value_heads=2, head_dim=8, sliding_window=4, attn_logit_softcapping=2.0,
         final_logit_softcapping=5.0)),
-    "gemma3_sliding": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, dict(
+    "gemma3_sliding": (transformers.Gemma3ForCausalLM, dict(
         BASE, intermediate_size=64, num_key_value_heads=2, head_dim=8, sliding_window=4)),
-    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(BASE, intermediate_size=64, num_key_value_heads=2)),
-    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(BASE, intermediate_size=64, num_key_value_heads=2, head_dim=8)),
-    "mistral_sliding": (transformers.MistralConfig, transformers.MistralForCausalLM, dict(
+    "qwen2": (transformers.Qwen2ForCausalLM, dict(BASE, intermediate_size=64, num_key_value_heads=2)),
+    "qwen3": (transformers.Qwen3ForCausalLM, dict(BASE, intermediate_size=64, num_key_value_heads=2, head_dim=8)),
+    "mistral_sliding": (transformers.MistralForCausalLM, dict(
         BASE, intermediate_size=64, num_key_value_heads=2, sliding_window=4)),
-    "opt": (transformers.OPTConfig, transformers.OPTForCausalLM, dict(BASE, ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=64)),
-    "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel, dict(
-        vocab_size=259, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)),
-    "gpt_neox": (transformers.GPTNeoXConfig, transformers.GPTNeoXForCausalLM, dict(BASE, intermediate_size=64)),
-    "gptj": (transformers.GPTJConfig, transformers.GPTJForCausalLM, dict(
-        vocab_size=259, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64, bos_token_id=1, eos_token_id=2)),
-    "gpt_bigcode_mqa": (transformers.GPTBigCodeConfig, transformers.GPTBigCodeForCausalLM, dict(
-        vocab_size=259, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)),
-    "phi": (transformers.PhiConfig, transformers.PhiForCausalLM, dict(BASE, intermediate_size=64)),
-    "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, dict(
+    "opt": (transformers.OPTForCausalLM, dict(BASE, ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=64)),
+    "gpt2": (transformers.GPT2LMHeadModel, GPT),
+    "gpt_neox": (transformers.GPTNeoXForCausalLM, dict(BASE, intermediate_size=64)),
+    "gptj": (transformers.GPTJForCausalLM, dict(GPT, rotary_dim=4)),
+    "gpt_bigcode_mqa": (transformers.GPTBigCodeForCausalLM, GPT),
+    "phi": (transformers.PhiForCausalLM, dict(BASE, intermediate_size=64)),
+    "phi3": (transformers.Phi3ForCausalLM, dict(
         BASE, intermediate_size=64, num_key_value_heads=2, pad_token_id=0, eos_token_id=2)),
-    "olmo": (transformers.OlmoConfig, transformers.OlmoForCausalLM, dict(
+    "olmo": (transformers.OlmoForCausalLM, dict(
         BASE, intermediate_size=64, num_key_value_heads=2, pad_token_id=0, eos_token_id=2)),
-    "olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM, dict(
+    "olmo2": (transformers.Olmo2ForCausalLM, dict(
         BASE, intermediate_size=64, num_key_value_heads=2, pad_token_id=0, eos_token_id=2)),
-    "starcoder2_sliding": (transformers.Starcoder2Config, transformers.Starcoder2ForCausalLM, dict(
+    "starcoder2_sliding": (transformers.Starcoder2ForCausalLM, dict(
         BASE, intermediate_size=64, num_key_value_heads=2, sliding_window=4)),
-    "cohere": (transformers.CohereConfig, transformers.CohereForCausalLM, dict(
+    "cohere": (transformers.CohereForCausalLM, dict(
         BASE, intermediate_size=64, num_key_value_heads=2, pad_token_id=0, eos_token_id=2)),
-    "granite": (transformers.GraniteConfig, transformers.GraniteForCausalLM, dict(BASE, intermediate_size=64, num_key_value_heads=2)),
-    "gpt_oss_sinks_moe": (transformers.GptOssConfig, transformers.GptOssForCausalLM, dict(
+    "granite": (transformers.GraniteForCausalLM, dict(BASE, intermediate_size=64, num_key_value_heads=2)),
+    "gpt_oss_sinks_moe": (transformers.GptOssForCausalLM, dict(
         BASE, intermediate_size=32, num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2,
         sliding_window=4)),
 }
 
 
 def build(family: str) -> transformers.PreTrainedModel:
-    config_class, model_class, settings = FAMILIES[family]
+    model_class, settings = FAMILIES[family]
     torch.manual_seed(0)
-    return model_class(config_class(**settings)).eval()
+    return model_class(model_class.config_class(**settings)).eval()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -257,7 +255,8 @@ def test_bfloat16_model_is_scored_in_bfloat16(tiny_llama):
     (lambda: transformers.StableLmForCausalLM(transformers.StableLmConfig(
         vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)),
      r"StableLmForCausalLM \(model_type='stablelm'\) sets _supports_attention_backend=False"),
-    (lambda: transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=259, hidden_size=32, n_layer=2, n_head=4)),
+    (lambda: transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=259, hidden_size=32, n_layer=2,
+                                                                    n_head=4)),
      r"BloomForCausalLM \(model_type='bloom'\).*AttentionInterface"),
     (lambda: transformers.Lfm2ForCausalLM(transformers.Lfm2Config(
         vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -309,13 +308,13 @@ def reference_attention(query, key, value, mask, scale, softcap, sinks):
 
 
 @pytest.mark.parametrize("mask_kind", ["bool", "float"])
-@pytest.mark.parametrize("softcap, sinks", [(None, False), (3.0, False), (None, True)], ids=["plain", "softcap", "sinks"])
-@pytest.mark.parametrize("block_elements", [attention_scores.BLOCK_ELEMENTS, 64], ids=["one_block", "many_blocks"])
-def test_attention_function_matches_autograd(monkeypatch, mask_kind, softcap, sinks, block_elements):
+@pytest.mark.parametrize("softcap, sinks", [(None, False), (3.0, False), (None, True)],
+                         ids=["plain", "softcap", "sinks"])
+@pytest.mark.parametrize("block_rows", [attention_scores.BLOCK_ROWS, 4], ids=["one_block", "many_blocks"])
+def test_attention_function_matches_autograd(monkeypatch, mask_kind, softcap, sinks, block_rows):
     """Output, dQ, dK, dV and the scores of the custom Function against autograd, with grouped-query heads,
     left padding (rows with no key), right padding and a float mask's finite minimum."""
-    monkeypatch.setattr(attention_scores, "BLOCK_ELEMENTS", block_elements)
-    monkeypatch.setattr(attention_scores, "MIN_BLOCK_ROWS", 4)
+    monkeypatch.setattr(attention_scores, "BLOCK_ROWS", block_rows)
     torch.manual_seed(0)
     batch, heads, kv_heads, length, dim = 3, 4, 2, 19, 8
     query = torch.randn(batch, heads, length, dim, requires_grad=True)
@@ -323,7 +322,9 @@ def test_attention_function_matches_autograd(monkeypatch, mask_kind, softcap, si
     allowed = torch.ones(batch, 1, length, length, dtype=torch.bool).tril()
     allowed[1, ..., :5] = False  # left padding
     allowed[2, ..., 15:] = False  # right padding
-    mask = allowed if mask_kind == "bool" else torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    mask = allowed
+    if mask_kind == "float":
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
     sink_logits = torch.randn(heads) if sinks else None
     grad_output = torch.randn(batch, heads, length, dim)
     grad_output[1, :, :5] = 0  # padding rows receive no gradient
@@ -334,7 +335,8 @@ def test_attention_function_matches_autograd(monkeypatch, mask_kind, softcap, si
     expected_grads = torch.autograd.grad((expected_output * grad_output).sum(), (query, key, value))
     for input_grads in (True, False):
         scores = torch.zeros(batch, heads)
-        output = HeadScoredAttention.apply(query, key, value, mask, scores, 0.3, True, softcap, sink_logits, input_grads)
+        output = HeadScoredAttention.apply(query, key, value, mask, scores, 0.3, True, softcap, sink_logits,
+                                           input_grads)
         grads = torch.autograd.grad((output * grad_output).sum(), (query, key, value), allow_unused=True)
         torch.testing.assert_close(output, expected_output)
         assert_close(scores, expected_scores)
@@ -362,13 +364,14 @@ def test_command_scores_a_saved_model(tmp_path, tokenizer, tiny_llama, capsys):
     tiny_llama.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     out = tmp_path / "scores.safetensors"
-    patterns.main(["--model", str(tmp_path / "model"), "--probe", str(DATA / "winogrande.jsonl"), "--adapter", "winogrande",
-                   "--out", str(out), "--batch-size", "2", "--max-length", "200", "--max-examples", "3",
-                   "--dtype", "float32"])
+    patterns.main(["--model", str(tmp_path / "model"), "--probe", str(DATA / "winogrande.jsonl"),
+                   "--adapter", "winogrande", "--out", str(out), "--batch-size", "2", "--max-length", "200",
+                   "--max-examples", "3", "--dtype", "float32"])
     assert "wrote the [2, 4] pattern of 3 examples (0 skipped)" in capsys.readouterr().out
     saved = load_pattern_file(out)
     examples = load_examples(DATA / "winogrande.jsonl", tokenizer, adapter="winogrande", max_length=200, max_examples=3)
-    expected = score_heads(tiny_llama, [collate(examples[:2], tokenizer.pad_token_id), collate(examples[2:], tokenizer.pad_token_id)])
+    pad = tokenizer.pad_token_id
+    expected = score_heads(tiny_llama, [collate(examples[:2], pad), collate(examples[2:], pad)])
     assert_close(saved["per_example"], expected.per_example)
     assert_close(saved["pattern"], expected.pattern)
     assert_close(saved["losses"], expected.losses)
@@ -376,7 +379,7 @@ def test_command_scores_a_saved_model(tmp_path, tokenizer, tiny_llama, capsys):
 
 def test_command_refuses_an_unknown_model(tmp_path):
     with pytest.raises(SystemExit, match=r"--model .*nowhere: not a model directory \(no config.json\)"):
-        patterns.main(["--model", str(tmp_path / "nowhere"), "--probe", "x.jsonl", "--out", str(tmp_path / "o.safetensors")])
+        patterns.main(["--model", str(tmp_path / "nowhere"), "--probe", "x.jsonl", "--out", str(tmp_path / "x")])
 
 
 def free_port() -> int:
@@ -396,7 +399,7 @@ def scores_file(scores) -> dict[str, torch.Tensor]:
     return {"per_example": scores.per_example, "losses": scores.losses, "skipped": torch.tensor(scores.skipped)}
 
 
-def _distributed_worker(rank: int, world: int, port: int, out: str, stage: int | None) -> None:
+def _distributed_worker(rank: int, world: int, port: int, out: str, stage: int | None, bf16: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
     torch.manual_seed(0)
@@ -408,12 +411,13 @@ def _distributed_worker(rank: int, world: int, port: int, out: str, stage: int |
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo")
-        config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": stage}, "bf16": {"enabled": False},
-                  "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}}
+        config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": stage},
+                  "bf16": {"enabled": bf16}, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}}
         engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
         batch = probe_batches()[0]
         loss_before = engine(**batch).loss
-        scores = score_heads(engine.module, probe_batches())  # ZeRO-3: partitioned parameters, gathered by its hooks
+        # engine.module is the HF model; under ZeRO-3 its hooks gather the partitioned parameters.
+        scores = score_heads(engine.module, probe_batches())
         assert torch.equal(engine(**batch).loss, loss_before)
         engine.backward(loss_before)  # training goes on
         engine.step()
@@ -423,13 +427,18 @@ def _distributed_worker(rank: int, world: int, port: int, out: str, stage: int |
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # a rank left waiting in a collective would hang
-@pytest.mark.parametrize("stage", [None, 2, 3], ids=["gloo", "zero2", "zero3"])
-def test_distributed_ranks_agree_with_one_process(tmp_path, stage):
+@pytest.mark.parametrize("stage, bf16", [(None, False), (2, True), (3, False)], ids=["gloo", "zero2_bf16", "zero3"])
+def test_distributed_ranks_agree_with_one_process(tmp_path, stage, bf16):
+    """Every rank returns what one process computes on the whole model, also inside DeepSpeed engines; with
+    three batches on two ranks one rank runs a discarded extra pass (ZeRO-3 would hang without it)."""
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(tiny_llama_config()).eval()
+    if bf16:  # as DeepSpeed's bf16 mode: parameters cast, buffers (rotary inv_freq) kept in float32
+        for parameter in model.parameters():
+            parameter.data = parameter.data.to(torch.bfloat16)
     expected = scores_file(score_heads(model, probe_batches()))
     assert expected["skipped"] == 1
-    mp.spawn(_distributed_worker, args=(2, free_port(), str(tmp_path), stage), nprocs=2)
+    mp.spawn(_distributed_worker, args=(2, free_port(), str(tmp_path), stage, bf16), nprocs=2)
     for rank in range(2):
         result = load_file(tmp_path / f"rank{rank}.safetensors")
         assert result["skipped"] == expected["skipped"]
