@@ -230,8 +230,13 @@ def _score_batch(
         embeddings.append(output.detach().requires_grad_())
         return embeddings[-1]
 
+    # Logits only where a supervised token is predicted (the prompt's are never needed): [tokens, vocab].
+    predicts = F.pad(targets != IGNORE_INDEX, (0, 1), value=False)  # [B, T]: position t predicts t + 1
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-    if "position_ids" in inspect.signature(model.forward).parameters:
+    parameters = inspect.signature(model.forward).parameters
+    if "logits_to_keep" in parameters:
+        inputs["logits_to_keep"] = predicts
+    if "position_ids" in parameters:
         # Positions count real tokens only, so a left-padded example sees the positions it has alone.
         inputs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     probe.layer_scores.clear()
@@ -252,9 +257,11 @@ def _score_batch(
             f"{probe.family} called its input embedding {len(embeddings)} times in one forward; expected once")
     # logits[t] predicts labels[t + 1]; the last position predicts nothing (target -100).
     shifted = F.pad(targets, (0, 1), value=IGNORE_INDEX)
-    token_losses = F.cross_entropy(logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE_INDEX,
-                                   reduction="none")
-    losses = token_losses.view(targets.shape[0], -1).sum(1) / counts.clamp(min=1)
+    if "logits_to_keep" not in inputs:
+        logits = logits[predicts]
+    token_losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shifted[predicts], reduction="none")
+    example = predicts.nonzero()[:, 0]  # the example each supervised token belongs to
+    losses = token_losses.new_zeros(targets.shape[0]).index_add_(0, example, token_losses) / counts.clamp(min=1)
     torch.autograd.grad(losses[kept].sum(), embeddings, allow_unused=True)
     scores = torch.stack([probe.layer_scores[layer] for layer in range(num_layers)], dim=1)
     return scores, losses.detach(), kept
