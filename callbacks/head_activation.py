@@ -143,9 +143,12 @@ class HeadActivationCallback(Callback):
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
-        self._resolved_save_dir = Path(self.save_dir or Path(trainer.log_dir or trainer.default_root_dir) / "head_patterns")
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # trainer.log_dir: collective, all ranks
+        self._resolved_save_dir = Path(self.save_dir) if self.save_dir else log_dir / "head_patterns"
         for other in trainer.callbacks:
-            if other is not self and isinstance(other, HeadActivationCallback) and other._resolved_save_dir == self._resolved_save_dir:
+            if other is self or not isinstance(other, HeadActivationCallback):
+                continue
+            if other._resolved_save_dir == self._resolved_save_dir:
                 shared = sorted(set(other.probes) & set(self.probes))
                 if shared:
                     raise ValueError(
@@ -178,7 +181,7 @@ class HeadActivationCallback(Callback):
         """Tokenizes (or checks) a probe set and cuts it into padded batches."""
         try:
             if isinstance(source, list):
-                examples = [_checked_example(name, index, row) for index, row in enumerate(source)]
+                examples = [_checked_example(index, row) for index, row in enumerate(source)]
             else:
                 examples = load_examples(
                     source, tokenizer, adapter=self.adapters.get(name), max_length=self.max_length,
@@ -315,7 +318,7 @@ class HeadActivationCallback(Callback):
         self.done_steps = list(state_dict["done_steps"])
 
 
-def _checked_example(name: str, index: int, row: Any) -> dict[str, list[int]]:
+def _checked_example(index: int, row: Any) -> dict[str, list[int]]:
     if not isinstance(row, Mapping) or "input_ids" not in row or "labels" not in row:
         raise ValueError(f"pre-tokenized example {index} needs 'input_ids' and 'labels' lists")
     if len(row["input_ids"]) != len(row["labels"]):

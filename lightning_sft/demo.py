@@ -2,9 +2,9 @@
 
 Basic tasks: `addition` (12+345= -> 357), `reversal` (rev 3142= -> 2413), `sorting` (sort 3142= -> 1234),
 `counting` (count a in abca= -> 2). Complex task: `reversed_sum` (rev 12+345= -> 753), the digits
-of a sum in reverse, i.e. addition followed by reversal, written as reversal applied to an addition. The composition analysis asks whether the
-change of `reversed_sum`'s head pattern is explained by `addition` and `reversal` better than by the
-other bases.
+of a sum in reverse: addition followed by reversal, written as reversal applied to an addition. The
+composition analysis asks whether the change of `reversed_sum`'s head pattern is explained by `addition`
+and `reversal` better than by the other bases.
 
     python -m lightning_sft.demo --out demo/data    # regenerates the committed files byte for byte
 """

@@ -170,7 +170,9 @@ class SFTModule(L.LightningModule):
         if _offloads_optimizer(self.trainer.strategy):
             from deepspeed.ops.adam import DeepSpeedCPUAdam  # ZeRO-Offload steps the optimizer on the CPU
 
-            optimizer = DeepSpeedCPUAdam(groups, lr=settings.learning_rate, betas=tuple(settings.betas), adamw_mode=True)
+            optimizer = DeepSpeedCPUAdam(
+                groups, lr=settings.learning_rate, betas=tuple(settings.betas), adamw_mode=True
+            )
         else:
             optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, betas=tuple(settings.betas))
         schedule = torch.optim.lr_scheduler.LambdaLR(

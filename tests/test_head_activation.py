@@ -14,9 +14,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader
 from transformers import LlamaForCausalLM
 
+import callbacks.head_activation as head_activation
 from callbacks import HeadActivationCallback
 from lightning_sft.data import collate, load_examples
-from lightning_sft.patterns import activation_pattern
+from lightning_sft.patterns import activation_pattern, score_heads
 from lightning_sft.storage import load_index, load_patterns
 from lightning_sft.tokenizer import byte_tokenizer
 from tests.conftest import tiny_llama_config
@@ -141,7 +142,7 @@ def test_gradient_accumulation_probes_on_optimizer_steps_only(tmp_path, probes, 
     assert sorted(load_patterns(Path(trainer.log_dir) / "head_patterns")["doubling"]) == [0, 1, 2, 3]
 
 
-def test_resume_keeps_base_pattern_and_probes_no_step_twice(tmp_path, probes, tokenizer):
+def test_resume_keeps_base_pattern_and_probes_no_step_twice(tmp_path, probes, tokenizer, monkeypatch):
     def run(directory, max_steps, ckpt_path=None):
         L.seed_everything(5)
         module = HandWrittenModule()
@@ -155,17 +156,11 @@ def test_resume_keeps_base_pattern_and_probes_no_step_twice(tmp_path, probes, to
         return callback, trainer
 
     whole, _ = run(tmp_path / "whole", 4)
-    first, _ = run(tmp_path / "resumed", 2)
+    run(tmp_path / "resumed", 2)
     calls = []
-    resumed_callback, trainer = None, None
-    import callbacks.head_activation as head_activation
-
-    original = head_activation.score_heads
-    head_activation.score_heads = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
-    try:
-        resumed_callback, trainer = run(tmp_path / "resumed", 4, ckpt_path=str(tmp_path / "resumed" / "ckpt" / "epoch=0-step=2.ckpt"))
-    finally:
-        head_activation.score_heads = original
+    monkeypatch.setattr(head_activation, "score_heads", lambda *a, **k: (calls.append(1), score_heads(*a, **k))[1])
+    checkpoint = tmp_path / "resumed" / "ckpt" / "epoch=0-step=2.ckpt"
+    resumed_callback, _ = run(tmp_path / "resumed", 4, ckpt_path=str(checkpoint))
     assert resumed_callback.done_steps == [0, 1, 2, 3, 4]
     assert len(calls) == 2  # steps 3 and 4 only
     torch.testing.assert_close(resumed_callback.base_patterns["doubling"], whole.base_patterns["doubling"])

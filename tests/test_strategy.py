@@ -41,7 +41,9 @@ def write_inputs(directory: Path) -> tuple[Path, Path, Path]:
     return pretrained, rows, probe
 
 
-def write_run_config(directory: Path, inputs: tuple[Path, Path, Path], *, stage: int, stop_after: int | None = None) -> Path:
+def write_run_config(
+    directory: Path, inputs: tuple[Path, Path, Path], *, stage: int, stop_after: int | None = None
+) -> Path:
     pretrained, rows, probe = inputs
     callbacks = [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
