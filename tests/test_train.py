@@ -26,6 +26,12 @@ class ParseOnlyCLI(LightningCLI):
         pass
 
 
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch):
+    """LightningCLI(args=...) also looks at sys.argv; pytest's own flags are not ours."""
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: str(path.relative_to(ROOT)))
 def test_shipped_config_parses(config):
     cli = ParseOnlyCLI(SFTModule, SFTDataModule, run=False, args=["--config", str(config)])
