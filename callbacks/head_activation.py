@@ -30,7 +30,7 @@ from transformers import AutoTokenizer, PreTrainedModel
 from typing_extensions import override
 
 from lightning_sft import stats
-from lightning_sft.data import collate, load_examples
+from lightning_sft.data import collate_batches, load_examples
 from lightning_sft.patterns import score_heads
 from lightning_sft.plots import correlation_heatmap, pattern_heatmap
 from lightning_sft.storage import save_pattern
@@ -193,7 +193,7 @@ class HeadActivationCallback(Callback):
             raise ValueError(f"probe set {name!r} ({_describe(source)}) is empty; give it at least one example.")
         examples = examples[: self.max_examples]
         pad_id = getattr(tokenizer, "pad_token_id", None) or 0
-        return [collate(examples[i : i + self.batch_size], pad_id) for i in range(0, len(examples), self.batch_size)]
+        return collate_batches(examples, pad_id, self.batch_size)
 
     def _find_model(self, pl_module: "L.LightningModule") -> PreTrainedModel:
         if self.model_attribute is not None:

@@ -373,6 +373,11 @@ def collate(examples: list[dict], pad_token_id: int, padding_side: str = "right"
     return batch
 
 
+def collate_batches(examples: list[dict], pad_token_id: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """`examples` in order, cut into `collate`d batches of at most `batch_size` (for scoring, not training)."""
+    return [collate(examples[start:start + batch_size], pad_token_id) for start in range(0, len(examples), batch_size)]
+
+
 def pack_examples(examples: list[dict], max_length: int) -> list[dict]:
     """Concatenate examples, in order, into rows of at most `max_length` tokens (an example that does not
     fit starts a new row). Each row: `input_ids`, `labels`, `position_ids` restarting at 0 per example.

@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
                  " save_pretrained")
 
     # Imported here: the library part of this module knows torch and transformers only (data.py uses Lightning).
-    from lightning_sft.data import collate, load_examples
+    from lightning_sft.data import collate_batches, load_examples
     from lightning_sft.storage import save_scores
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -356,8 +356,7 @@ def main(argv: list[str] | None = None) -> None:
                              max_length=args.max_length, max_examples=args.max_examples)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device)
-    batches = [collate(examples[start:start + args.batch_size], pad_token_id)
-               for start in range(0, len(examples), args.batch_size)]
+    batches = collate_batches(examples, pad_token_id, args.batch_size)
     scores = score_heads(model, batches, progress=True)
     save_scores(args.out, scores.pattern, scores.per_example, scores.losses, metadata={
         "model": str(args.model), "probe": str(args.probe), "dtype": args.dtype, "skipped": str(scores.skipped)})

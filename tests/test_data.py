@@ -22,6 +22,7 @@ from lightning_sft.data import (
     ResumableSampler,
     SFTDataModule,
     collate,
+    collate_batches,
     collate_packed,
     load_examples,
     pack_examples,
@@ -604,3 +605,10 @@ def test_resume_with_two_processes_sees_each_ranks_uninterrupted_batches(tmp_pat
     assert sorted(first_epoch) == [f"sample {i:02d}" for i in range(24)]  # the ranks' shards are disjoint
     _, resumed = fit(tmp_path, "resumed", 14, ckpt_path=tmp_path / "checkpoints" / "step=8.ckpt", **settings)
     assert resumed == [rank[8:] for rank in ranks]
+
+
+def test_collate_batches_keeps_order_and_sizes():
+    examples = [{"input_ids": [1] * (i + 2), "labels": [-100] + [5] * (i + 1)} for i in range(5)]
+    batches = collate_batches(examples, pad_token_id=0, batch_size=2)
+    assert [b["input_ids"].shape for b in batches] == [(2, 3), (2, 5), (1, 6)]
+    assert [int(b["attention_mask"].sum()) for b in batches] == [2 + 3, 4 + 5, 6]

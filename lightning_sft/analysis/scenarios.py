@@ -89,12 +89,6 @@ def read_jsonl_lines(path: Path) -> list[tuple[int, str, dict]]:
     return rows
 
 
-def _batches(examples: list[dict], pad_token_id: int, batch_size: int) -> list[dict]:
-    from lightning_sft.data import collate
-
-    return [collate(examples[start:start + batch_size], pad_token_id) for start in range(0, len(examples), batch_size)]
-
-
 def select_command(
     model_path: str,
     target: str,
@@ -116,7 +110,7 @@ def select_command(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lightning_sft.data import load_examples, tokenize_row
+    from lightning_sft.data import collate_batches, load_examples, tokenize_row
     from lightning_sft.patterns import score_heads
 
     if k < 1:
@@ -144,12 +138,12 @@ def select_command(
     model = AutoModelForCausalLM.from_pretrained(model_path)
     if torch.cuda.is_available():
         model = model.cuda()
-    target_pattern = score_heads(model, _batches(target_examples, pad_token_id, batch_size),
+    target_pattern = score_heads(model, collate_batches(target_examples, pad_token_id, batch_size),
                                  progress=True).pattern.double().cpu().numpy()
     # Pool rows scored shortest first (less padding), then put back in pool order.
     order = sorted(range(len(candidates)), key=lambda position: len(candidates[position]["input_ids"]))
-    scores = score_heads(model, _batches([candidates[position] for position in order], pad_token_id, batch_size),
-                         progress=True)
+    pool_batches = collate_batches([candidates[position] for position in order], pad_token_id, batch_size)
+    scores = score_heads(model, pool_batches, progress=True)
     if scores.skipped or len(scores.per_example) != len(candidates):
         raise RuntimeError(f"the scorer kept {len(scores.per_example)} of {len(candidates)} pool rows that have "
                            "supervised tokens; lightning_sft.data and lightning_sft.patterns disagree on labels")
