@@ -7,10 +7,13 @@ and returns dQ, dK, dV. Memory is O(block x T) per head. The query heads that sh
 (grouped-query attention) are processed together as extra rows of one block, so keys and values are
 never repeated.
 
-On CPU without soft-capping or sinks, PyTorch's fused flash-attention kernels do the forward (they also
-return the logsumexp) and dQ, dK, dV, and the blocks only score; elsewhere the blocks do everything. The
-cost over a training step's attention is two T x T matmuls per layer (S and G, which the fused backward
-computes internally but does not expose), less the weight gradients that are never computed.
+On CPU without soft-capping or sinks, PyTorch's fused flash-attention kernel does the forward (it also
+returns the logsumexp) and our C++ kernel (`csrc/scored_attention.cpp`, built on first use by
+`cpu_kernel`) the backward: the same blocks and products as PyTorch's fused backward, with the score
+summed in the pass that forms dS, so scoring costs less than a training step's attention backward.
+Elsewhere (CUDA, soft-capping, sinks) the Python blocks here do everything; on CPU without the C++
+kernel PyTorch's fused backward gives dQ, dK, dV and the Python blocks only score, which costs two extra
+T x T matmuls per layer (S and G, which the fused backward computes but does not expose).
 
 Shapes: query [B, Hq, Tq, D], key [B, Hkv, Tk, D], value [B, Hkv, Tk, Dv], Hq a multiple of Hkv
 (query head h reads key/value head h // (Hq / Hkv), as `transformers`' `repeat_kv`); mask None, or
@@ -19,6 +22,8 @@ broadcastable to [B, Hq, Tq, Tk], bool (True attends) or additive float.
 
 import torch
 from torch import Tensor
+
+from lightning_sft.cpu_kernel import scored_attention_backward
 
 # Queries per block. A block's float32 buffers are [B * Hq, BLOCK_ROWS, Tk]: 16 MiB each at B * Hq = 16 and
 # Tk = 2048 (backward holds two, three with gradients), i.e. linear in T like the activations. Measured best
@@ -56,17 +61,38 @@ class HeadScoredAttention(torch.autograd.Function):
         query, key, value, output, lse, mask = ctx.saved_tensors
         arguments = (query, key, value, output, lse, mask, grad_output, ctx.scores, ctx.scale, ctx.is_causal,
                      ctx.softcap)
+        kernel = scored_attention_backward() if ctx.fused else None
+        if kernel is not None:
+            grads = _kernel_backward(kernel, query, key, value, output, lse, mask, grad_output, ctx.scores, ctx.scale,
+                                     ctx.is_causal and mask is None, ctx.input_grads)
+            return *grads, *(None,) * 7
         if not ctx.input_grads:
             _blockwise_backward(*arguments, with_grads=False)
             return (None,) * 10
         if not ctx.fused:
             return *_blockwise_backward(*arguments, with_grads=True), *(None,) * 7
-        # Gradients from the fused kernel; the blocks then only score (P and G, no dS).
+        # Gradients from PyTorch's fused kernel; the blocks then only score (P and G, no dS).
         _blockwise_backward(*arguments, with_grads=False)
         grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             grad_output, query, key, value, output, lse, 0.0, ctx.is_causal and mask is None,
             attn_mask=_additive(mask, query.dtype), scale=ctx.scale)
         return *grads, *(None,) * 7
+
+
+def _kernel_backward(kernel, query, key, value, output, lse, mask, grad_output, scores, scale, is_causal,
+                     input_grads: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Scores and, with `input_grads`, dQ, dK, dV (input dtypes) from the C++ kernel, which reads float32
+    with a contiguous last dimension (bfloat16 inputs are copied to float32: float32 accumulation)."""
+    inputs = [tensor.float() for tensor in (query, key, value, output, grad_output)]
+    inputs = [tensor if tensor.stride(-1) == 1 else tensor.contiguous() for tensor in inputs]
+    if mask is not None:
+        mask = mask if mask.dtype in (torch.bool, torch.float32) else mask.float()
+        mask = mask[(None,) * (4 - mask.dim())]
+        mask = mask if mask.stride(-1) == 1 else mask.contiguous()
+    grads = kernel(*inputs[:4], lse, inputs[4], mask, scores, scale, is_causal, input_grads)
+    if not input_grads:
+        return None, None, None
+    return tuple(grad.to(tensor.dtype) for grad, tensor in zip(grads, (query, key, value)))
 
 
 def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:

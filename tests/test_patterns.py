@@ -107,10 +107,8 @@ def build(family: str) -> transformers.PreTrainedModel:
     return model_class(model_class.config_class(**settings)).eval()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_matches_naive_per_family(family):
+def check_against_naive(model: transformers.PreTrainedModel) -> None:
     """A right-padded and a left-padded batch == the naive computation, per example."""
-    model = build(family)
     examples = random_examples([14, 11, 9])
     batches = [collate(examples[:2], pad_token_id=0), collate(examples[1:], pad_token_id=0, padding_side="left")]
     expected, expected_losses = naive_scores(model, batches)
@@ -121,6 +119,18 @@ def test_matches_naive_per_family(family):
     assert_close(scores.losses, expected_losses)
     assert scores.skipped == 0
     assert_close(scores.pattern, expected.mean(0))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_matches_naive_per_family(family):
+    check_against_naive(build(family))
+
+
+@pytest.mark.parametrize("family", ["llama_gqa", "opt"])
+def test_python_path_matches_naive(monkeypatch, family):
+    """Where the C++ kernel cannot be built: PyTorch's fused backward and the Python blocks score."""
+    monkeypatch.setattr(attention_scores, "scored_attention_backward", lambda: None)
+    check_against_naive(build(family))
 
 
 @pytest.mark.parametrize("family", ["llama_gqa", "gemma2_softcap_sliding"])
@@ -308,13 +318,17 @@ def reference_attention(query, key, value, mask, scale, softcap, sinks):
 
 
 @pytest.mark.parametrize("mask_kind", ["bool", "float"])
-@pytest.mark.parametrize("softcap, sinks", [(None, False), (3.0, False), (None, True)],
-                         ids=["plain", "softcap", "sinks"])
+@pytest.mark.parametrize("softcap, sinks, cpu_kernel", [(None, False, True), (None, False, False), (3.0, False, True),
+                                                        (None, True, True)],
+                         ids=["plain", "plain_python", "softcap", "sinks"])
 @pytest.mark.parametrize("block_rows", [attention_scores.BLOCK_ROWS, 4], ids=["one_block", "many_blocks"])
-def test_attention_function_matches_autograd(monkeypatch, mask_kind, softcap, sinks, block_rows):
+def test_attention_function_matches_autograd(monkeypatch, mask_kind, softcap, sinks, cpu_kernel, block_rows):
     """Output, dQ, dK, dV and the scores of the custom Function against autograd, with grouped-query heads,
-    left padding (rows with no key), right padding and a float mask's finite minimum."""
+    left padding (rows with no key), right padding and a float mask's finite minimum; "plain" runs the C++
+    kernel, the others the Python blocks (`block_rows` queries each)."""
     monkeypatch.setattr(attention_scores, "BLOCK_ROWS", block_rows)
+    if not cpu_kernel:
+        monkeypatch.setattr(attention_scores, "scored_attention_backward", lambda: None)
     torch.manual_seed(0)
     batch, heads, kv_heads, length, dim = 3, 4, 2, 19, 8
     query = torch.randn(batch, heads, length, dim, requires_grad=True)
