@@ -1,11 +1,12 @@
 // Flash-attention backward on CPU that also scores heads: adds sum_ij |P_ij * dP_ij| (P the attention
 // probabilities, dP = dL/dP = dO V^T) into scores[b, h] and, with input_grads, returns dQ, dK, dV.
 //
-// Each (example, query head) is one task of at::parallel_for. It walks blocks of kBlockRows queries
-// against the keys the block can see, with two float32 [kBlockRows, Tk] buffers that stay in the core's
-// cache: S -> P = exp(scale Q K^T + mask - lse) in one, dP = dO V^T -> dS = P (dP - Delta) in the other,
-// the absolute products summed on the way (one pass). The five products per block (S, dP, dV += P^T dO,
-// dQ = scale dS K, dK += scale dS^T Q) are BLAS calls through ATen.
+// Each (example, query head) is one task of at::parallel_for. It walks blocks of kBlockRows queries and,
+// within the keys a block can see, tiles of kKeyTile keys, with two float32 [kBlockRows, kKeyTile] buffers
+// that stay in the core's cache: S -> P = exp(scale Q K^T + mask - lse) in one, dP = dO V^T ->
+// dS = P (dP - Delta) in the other, |P dP| summed in the same pass (Delta = rowsum(dO O)). The five
+// products per tile (S, dP, dV += P^T dO, dQ += scale dS K, dK += scale dS^T Q) go to the BLAS torch
+// links (sgemm_), as in PyTorch's own CPU flash-attention backward.
 //
 // Shapes, float32, last dimension contiguous: query [B, Hq, Tq, D], key [B, Hkv, Tk, D], value and
 // output/grad_output [B, Hkv, Tk, Dv] / [B, Hq, Tq, Dv], logsumexp [B, Hq, Tq] (0 for rows with no key);
@@ -21,7 +22,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <utility>
 #include <vector>
 
 extern "C" void sgemm_(const char* op_a, const char* op_b, const int* m, const int* n, const int* k,
@@ -35,32 +35,36 @@ constexpr int64_t kBlockRows = 128;  // queries per block
 constexpr int64_t kKeyTile = 256;  // keys per tile
 constexpr float kMinusInfinity = -std::numeric_limits<float>::infinity();
 
+// An optional attention mask [Bm, Hm, Tm, Tk], read a row at a time (broadcast dimensions have stride 0).
 struct Mask {
-  const at::Tensor* tensor;  // nullptr: no mask
-  bool is_bool;
+  const void* data = nullptr;  // nullptr: no mask
+  bool is_bool = false;
+  int64_t batch_stride = 0, head_stride = 0, row_stride = 0;
 
-  bool allowed(int64_t b, int64_t h, int64_t row, int64_t col) const {
-    if (is_bool) return at_bool(b, h, row)[col];
-    return at_float(b, h, row)[col] != kMinusInfinity;
-  }
-  const bool* at_bool(int64_t b, int64_t h, int64_t row) const {
-    return tensor->data_ptr<bool>() + offset(b, h, row);
-  }
-  const float* at_float(int64_t b, int64_t h, int64_t row) const {
-    return tensor->data_ptr<float>() + offset(b, h, row);
+  explicit Mask(const std::optional<at::Tensor>& tensor) {
+    if (!tensor.has_value()) return;
+    const at::Tensor& t = *tensor;
+    data = t.data_ptr();
+    is_bool = t.scalar_type() == at::kBool;
+    batch_stride = t.size(0) > 1 ? t.stride(0) : 0;
+    head_stride = t.size(1) > 1 ? t.stride(1) : 0;
+    row_stride = t.size(2) > 1 ? t.stride(2) : 0;
   }
   int64_t offset(int64_t b, int64_t h, int64_t row) const {
-    const at::Tensor& t = *tensor;
-    return (t.size(0) > 1 ? b * t.stride(0) : 0) + (t.size(1) > 1 ? h * t.stride(1) : 0) +
-           (t.size(2) > 1 ? row * t.stride(2) : 0);
+    return b * batch_stride + h * head_stride + row * row_stride;
+  }
+  const bool* bool_row(int64_t b, int64_t h, int64_t row) const {
+    return static_cast<const bool*>(data) + offset(b, h, row);
+  }
+  const float* float_row(int64_t b, int64_t h, int64_t row) const {
+    return static_cast<const float*>(data) + offset(b, h, row);
   }
 };
 
-// Keys [first, last) that some query of rows [start, stop) may attend to, for every (mask example, mask
-// head, block): int64 [Bm, Hm, blocks, 2].
-at::Tensor mask_key_ranges(const Mask& mask, int64_t queries, int64_t keys) {
-  const at::Tensor& t = *mask.tensor;
-  const int64_t mask_batch = t.size(0), mask_heads = t.size(1);
+// Keys [first, last) that some query of each block of kBlockRows rows may attend to, per (mask example,
+// mask head, block): int64 [Bm, Hm, blocks, 2] ([0, 0) where none may).
+at::Tensor mask_key_ranges(const Mask& mask, int64_t mask_batch, int64_t mask_heads, int64_t queries,
+                           int64_t keys) {
   const int64_t blocks = (queries + kBlockRows - 1) / kBlockRows;
   at::Tensor ranges = at::empty({mask_batch, mask_heads, blocks, 2}, at::kLong);
   int64_t* out = ranges.data_ptr<int64_t>();
@@ -70,11 +74,14 @@ at::Tensor mask_key_ranges(const Mask& mask, int64_t queries, int64_t keys) {
       const int64_t start = block * kBlockRows, stop = std::min(start + kBlockRows, queries);
       int64_t first = keys, last = 0;
       for (int64_t row = start; row < stop; ++row) {
+        const bool* allowed_bool = mask.is_bool ? mask.bool_row(b, h, row) : nullptr;
+        const float* additive = mask.is_bool ? nullptr : mask.float_row(b, h, row);
+        auto allowed = [&](int64_t col) { return allowed_bool ? allowed_bool[col] : additive[col] != kMinusInfinity; };
         int64_t col = 0;
-        while (col < first && !mask.allowed(b, h, row, col)) ++col;
+        while (col < first && !allowed(col)) ++col;
         first = std::min(first, col);
         col = keys;
-        while (col > last && !mask.allowed(b, h, row, col - 1)) --col;
+        while (col > last && !allowed(col - 1)) --col;
         last = std::max(last, col);
       }
       out[2 * task] = first < last ? first : 0;
@@ -84,19 +91,21 @@ at::Tensor mask_key_ranges(const Mask& mask, int64_t queries, int64_t keys) {
   return ranges;
 }
 
-// P = exp(S + mask - lse) in place on the row's logits [first, last); causal: keys after `row` get 0.
+// P = exp(S + mask - lse) in place on the row's logits for keys [first, last); without a mask but causal,
+// the keys after `row` get 0, as does every key of a row without any (lse -inf).
 void probabilities_row(float* logits, int64_t row, int64_t first, int64_t last, float lse, const Mask& mask,
                        int64_t b, int64_t h, bool is_causal) {
   const int64_t count = last - first;
-  int64_t open = count;  // columns [open, count) lie above the causal diagonal
-  if (mask.tensor == nullptr && is_causal) open = std::clamp<int64_t>(row + 1 - first, 0, count);
-  if (mask.tensor != nullptr) {
-    if (mask.is_bool) {
-      const bool* allowed = mask.at_bool(b, h, row) + first;
-      for (int64_t c = 0; c < count; ++c) logits[c] = allowed[c] ? logits[c] : kMinusInfinity;
-    } else {
-      at::vec::map2([](Vec s, Vec m) { return s + m; }, logits, logits, mask.at_float(b, h, row) + first, count);
-    }
+  int64_t open = count;  // columns [open, count) get 0
+  if (lse == kMinusInfinity) {
+    open = 0;
+  } else if (mask.data == nullptr && is_causal) {
+    open = std::clamp<int64_t>(row + 1 - first, 0, count);
+  } else if (mask.is_bool) {
+    const bool* allowed = mask.bool_row(b, h, row) + first;
+    for (int64_t c = 0; c < count; ++c) logits[c] = allowed[c] ? logits[c] : kMinusInfinity;
+  } else if (mask.data != nullptr) {
+    at::vec::map2([](Vec s, Vec m) { return s + m; }, logits, logits, mask.float_row(b, h, row) + first, count);
   }
   const Vec shift(lse);
   at::vec::map([&](Vec s) { return (s - shift).exp(); }, logits, logits, open);
@@ -145,15 +154,14 @@ std::vector<at::Tensor> scored_attention_backward(const at::Tensor& query, const
   const int64_t kv_heads = key.size(1), keys = key.size(2), value_dim = value.size(3);
   TORCH_CHECK(heads % kv_heads == 0, "scored_attention_backward: query heads not a multiple of key/value heads");
   const int64_t group = heads / kv_heads;
-  Mask mask{mask_arg.has_value() ? &mask_arg.value() : nullptr, false};
+  const Mask mask(mask_arg);
   at::Tensor ranges;
-  if (mask.tensor != nullptr) {
-    const at::Tensor& m = *mask.tensor;
+  if (mask_arg.has_value()) {
+    const at::Tensor& m = *mask_arg;
     TORCH_CHECK(m.dim() == 4 && m.size(3) == keys && m.stride(3) == 1 &&
                     (m.scalar_type() == at::kBool || m.scalar_type() == at::kFloat),
                 "scored_attention_backward: mask must be bool or float32 [Bm, Hm, Tm, Tk], last dim contiguous");
-    mask.is_bool = m.scalar_type() == at::kBool;
-    ranges = mask_key_ranges(mask, queries, keys);
+    ranges = mask_key_ranges(mask, m.size(0), m.size(1), queries, keys);
   }
   // Gradients per query head, contiguous [B, Hq, T, D]; dK and dV are summed over each group at the end.
   at::Tensor grad_query, grad_key, grad_value;
@@ -183,7 +191,7 @@ std::vector<at::Tensor> scored_attention_backward(const at::Tensor& query, const
       for (int64_t start = 0; start < queries; start += kBlockRows) {
         const int64_t rows = std::min(kBlockRows, queries - start);
         int64_t first = 0, last = keys;
-        if (mask.tensor != nullptr) {
+        if (mask.data != nullptr) {
           const int64_t* range = ranges.data_ptr<int64_t>() + (ranges.size(0) > 1 ? b * ranges.stride(0) : 0) +
                                  (ranges.size(1) > 1 ? h * ranges.stride(1) : 0) + start / kBlockRows * 2;
           first = range[0];
