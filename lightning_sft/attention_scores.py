@@ -59,13 +59,13 @@ class HeadScoredAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         query, key, value, output, lse, mask = ctx.saved_tensors
-        arguments = (query, key, value, output, lse, mask, grad_output, ctx.scores, ctx.scale, ctx.is_causal,
-                     ctx.softcap)
         kernel = scored_attention_backward() if ctx.fused else None
         if kernel is not None:
             grads = _kernel_backward(kernel, query, key, value, output, lse, mask, grad_output, ctx.scores, ctx.scale,
                                      ctx.is_causal and mask is None, ctx.input_grads)
             return *grads, *(None,) * 7
+        arguments = (query, key, value, output, lse, mask, grad_output, ctx.scores, ctx.scale, ctx.is_causal,
+                     ctx.softcap)
         if not ctx.input_grads:
             _blockwise_backward(*arguments, with_grads=False)
             return (None,) * 10
