@@ -1,4 +1,4 @@
-"""Adapters on the real benchmark slices in shared/data, and on rows in the published HF layouts."""
+"""Adapters on the real benchmark slices in data/benchmarks, and on rows in the published HF layouts."""
 
 import json
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 from lightning_sft.adapters import ADAPTERS
 from lightning_sft.data import IGNORE_INDEX, tokenize_rows
 
-DATA = Path(__file__).parents[2] / "shared" / "data"
+DATA = Path(__file__).parents[1] / "data" / "benchmarks"
 
 
 def read_jsonl(name: str) -> list[dict]:

@@ -24,7 +24,7 @@ from lightning_sft.patterns import activation_pattern
 from lightning_sft.storage import load_patterns, save_pattern
 from tests.conftest import tiny_llama_config
 
-DATA = Path(__file__).parents[2] / "shared" / "data"
+DATA = Path(__file__).parents[1] / "data" / "benchmarks"
 FILES = {"gsm8k": "gsm8k.jsonl", "math": "math.jsonl", "arc": "arc_challenge.jsonl",
          "winogrande": "winogrande.jsonl", "mmlu": "mmlu.jsonl"}
 STEPS = (0, 1, 2, 4)

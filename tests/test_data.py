@@ -32,7 +32,7 @@ from lightning_sft.data import (
 from lightning_sft.tokenizer import byte_tokenizer
 from tests.conftest import tiny_llama_config
 
-DATA = Path(__file__).parents[2] / "shared" / "data"
+DATA = Path(__file__).parents[1] / "data" / "benchmarks"
 PAD, BOS, EOS = 0, 1, 2
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"

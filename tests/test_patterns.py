@@ -19,7 +19,7 @@ from lightning_sft.patterns import activation_pattern, score_heads
 from lightning_sft.storage import load_pattern_file
 from tests.conftest import tiny_llama_config
 
-DATA = Path(__file__).parents[2] / "shared" / "data"
+DATA = Path(__file__).parents[1] / "data" / "benchmarks"
 TOLERANCE = 1e-5  # relative, float32
 
 
