@@ -5,6 +5,7 @@ through `load_tokenizer` and `load_model`, so they accept the same sources and f
 """
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -33,6 +34,21 @@ def load_model(
         raise FileNotFoundError(
             f"model {str(source)!r}: cannot load it ({_first_line(error)}); pass a directory written by"
             " save_pretrained, or a hub id when online") from None
+
+
+def tokenizer_for(name: str | None, module: Any, who: str) -> PreTrainedTokenizerBase:
+    """The tokenizer named by `name` (`load_tokenizer`), else `module.tokenizer` (a LightningModule's).
+
+    `who` names the component asking (e.g. "SFTDataModule"), for the error when neither is there.
+    """
+    if name is not None:
+        return load_tokenizer(name)
+    tokenizer = getattr(module, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError(
+            f"{who} takes the tokenizer from the LightningModule's `tokenizer` attribute, but"
+            f" {type(module).__name__} has none; pass tokenizer: <directory or hub id>")
+    return tokenizer
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
