@@ -1,4 +1,4 @@
-"""The CPU kernel behind `attention_scores` (`csrc/scored_attention.cpp`), compiled on first use.
+"""The CPU kernel behind `head_scored_attention` (`csrc/scored_attention.cpp`), compiled on first use.
 
 `torch.utils.cpp_extension` builds it once per CPU capability (about 10 s with g++) into torch's extension
 cache (`TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`), where later processes find it. It is

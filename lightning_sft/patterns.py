@@ -10,20 +10,17 @@ and the pattern is the mean of score(x) over the examples with at least one supe
 
 How: the model runs with our attention function (registered in transformers' `AttentionInterface`, set
 only while probing), whose backward adds |A * dL/dA| into per-(example, head) sums without keeping any
-[T, T] matrix (`attention_scores.py`). Gradients flow only towards activations (`torch.autograd.grad`
+[T, T] matrix (`head_scored_attention.py`). Gradients flow only towards activations (`torch.autograd.grad`
 to the embedding output), so no weight gradient is computed and no `.grad` is touched. Examples are
 independent (their losses are summed), so batching does not change any score.
 
-Run standalone: `python -m lightning_sft.patterns --model DIR --probe FILE --out FILE.safetensors`.
+This module is the library only; `lightning_sft.score` scores a saved model on probe files.
 """
 
-import argparse
 import inspect
 import math
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 import torch
@@ -31,13 +28,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from rich.progress import Progress
 from torch import Tensor
-from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from lightning_sft.attention_scores import HeadScoredAttention
+from lightning_sft.head_scored_attention import HeadScoredAttention
+from lightning_sft.labels import IGNORE_INDEX
 
 ATTENTION_NAME = "lightning_sft_head_scores"
-IGNORE_INDEX = -100
 BATCH_KEYS = ("input_ids", "attention_mask", "labels")
 # Arguments some families pass to their attention function that change the attention computed here.
 UNSUPPORTED_ARGUMENTS = ("position_bias", "sinks", "indices", "block_indices", "head_mask")
@@ -325,45 +322,3 @@ def activation_pattern(
     input order. See `score_heads`."""
     scores = score_heads(model, batches)
     return scores.per_example if per_example else scores.pattern
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Score a saved model on a probe file and write `pattern`, `per_example` and `losses` (safetensors)."""
-    parser = argparse.ArgumentParser(prog="python -m lightning_sft.patterns", description=main.__doc__)
-    parser.add_argument("--model", required=True, help="directory written by save_pretrained, with its tokenizer")
-    parser.add_argument("--probe", required=True, help="probe file (.jsonl/.json/.parquet/.csv) in a training format")
-    parser.add_argument("--out", required=True, type=Path, help="output .safetensors file")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=1024)
-    parser.add_argument("--max-examples", type=int, default=None)
-    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
-    parser.add_argument("--format", default="auto", help="prompt_response, chat, text or auto (see lightning_sft.data)")
-    parser.add_argument("--adapter", default=None, help="benchmark adapter from rows to prompt/response (e.g. gsm8k)")
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size {args.batch_size}: pass a positive integer")
-    if not (Path(args.model) / "config.json").is_file():
-        sys.exit(f"error: --model {args.model}: not a model directory (no config.json); pass a folder written by"
-                 " save_pretrained")
-
-    # Imported here: the library part of this module knows torch and transformers only (data.py uses Lightning).
-    from lightning_sft.data import collate_batches, load_examples
-    from lightning_sft.storage import save_scores
-
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    examples = load_examples(args.probe, tokenizer, format=args.format, adapter=args.adapter,
-                             max_length=args.max_length, max_examples=args.max_examples)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device)
-    batches = collate_batches(examples, pad_token_id, args.batch_size)
-    scores = score_heads(model, batches, progress=True)
-    save_scores(args.out, scores.pattern, scores.per_example, scores.losses, metadata={
-        "model": str(args.model), "probe": str(args.probe), "dtype": args.dtype, "skipped": str(scores.skipped)})
-    layers, heads = scores.pattern.shape
-    print(f"wrote the [{layers}, {heads}] pattern of {len(scores.losses)} examples ({scores.skipped} skipped)"
-          f" to {args.out}")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -34,3 +34,13 @@ def tiny_llama_config(**overrides) -> LlamaConfig:
 def tiny_llama():
     torch.manual_seed(0)
     return LlamaForCausalLM(tiny_llama_config()).eval()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tokenizer):
+    """A tiny Llama (seed 0) and the byte tokenizer saved with `save_pretrained`, as a user's model folder."""
+    path = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config()).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

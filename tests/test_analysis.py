@@ -19,8 +19,7 @@ from transformers import LlamaForCausalLM
 from callbacks import HeadActivationCallback
 from lightning_sft.adapters import ADAPTERS
 from lightning_sft.analysis.__main__ import main
-from lightning_sft.data import collate, load_examples, tokenize_rows
-from lightning_sft.patterns import activation_pattern
+from lightning_sft.data import collate, tokenize_rows
 from lightning_sft.storage import load_patterns, save_pattern
 from tests.conftest import tiny_llama_config
 
@@ -303,64 +302,3 @@ def test_module_entry_point(runs):
     result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
     assert result.returncode == 0, result.stderr
     assert "| mmlu | 0 | 4 |" in result.stdout
-
-
-# --- select (Scenario 2) -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    LlamaForCausalLM(tiny_llama_config()).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def test_select_ranks_pool_rows_by_pattern(model_dir, tokenizer, capsys, tmp_path):
-    target = tmp_path / "target.jsonl"
-    target.write_text("".join(json.dumps(row) + "\n" for row in _short_rows("math", 3)))
-    pool_rows = _short_rows("gsm8k", 3) + _short_rows("math", 3, start=10)
-    pool_rows.insert(2, {"id": "long", "prompt": "x" * 200, "response": "y"})  # truncated away at 64 tokens
-    lines = [json.dumps(row, indent=None, separators=(", ", ": ")) for row in pool_rows]
-    pool = tmp_path / "pool.jsonl"
-    pool.write_text("\n".join(lines[:4]) + "\n\n" + "\n".join(lines[4:]) + "\n")  # a blank line is not a row
-
-    printed = _run(capsys, "select", "--model", model_dir, "--target", target, "--pool", pool, "--k", 3,
-                   "--out", tmp_path / "chosen.jsonl", "--max-length", 64, "--batch-size", 2)
-    chosen = (tmp_path / "chosen.jsonl").read_text().splitlines()
-
-    model = LlamaForCausalLM.from_pretrained(model_dir).eval()
-    target_pattern = activation_pattern(model, [collate(load_examples(target, tokenizer, max_length=64), 0)])
-    kept = [line for line, row in zip(lines, pool_rows) if row["id"] != "long"]
-    correlations = []
-    for line in kept:
-        [example] = tokenize_rows([json.loads(line)], tokenizer, max_length=64)
-        pattern = activation_pattern(model, [collate([example], 0)])
-        correlations.append(_pearson(pattern.double().numpy(), target_pattern.double().numpy()))
-    expected = [kept[i] for i in np.argsort(-np.array(correlations), kind="stable")[:3]]
-    assert chosen == expected  # the original lines, unchanged, best first
-    assert "selected 3 of 7 pool rows (1 without supervised tokens skipped)" in printed
-    assert f"{max(correlations):.4f} (best)" in printed
-
-
-def test_select_refuses_malformed_pool_rows(model_dir, capsys, tmp_path):
-    target = tmp_path / "target.jsonl"
-    target.write_text("".join(json.dumps(row) + "\n" for row in _short_rows("math", 2)))
-    good = [json.dumps(row) for row in _short_rows("gsm8k", 3)]
-    pool = tmp_path / "pool.jsonl"
-    pool.write_text("\n".join([good[0], good[1], '{"prompt": "unterminated', good[2]]) + "\n")
-    error = _fails(capsys, "select", "--model", model_dir, "--target", target, "--pool", pool, "--k", 1,
-                   "--out", tmp_path / "chosen.jsonl")
-    assert f"{pool} row 3 is not valid JSON" in error
-
-    pool.write_text("\n".join([good[0], json.dumps({"question": "no response field"}), good[2]]) + "\n")
-    error = _fails(capsys, "select", "--model", model_dir, "--target", target, "--pool", pool, "--k", 1,
-                   "--out", tmp_path / "chosen.jsonl")
-    assert f"{pool} row 2 cannot be formatted: " in error and "the row has ['question']" in error
-
-    pool.write_text("\n".join([good[0], good[1]]) + "\n")
-    error = _fails(capsys, "select", "--model", model_dir, "--target", target, "--pool", pool, "--k", 3,
-                   "--out", tmp_path / "chosen.jsonl")
-    assert "--k 3 but only 2 of the 2 pool rows can be scored" in error
-    assert not (tmp_path / "chosen.jsonl").exists()

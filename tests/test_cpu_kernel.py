@@ -6,7 +6,7 @@ import torch
 import torch.utils.cpp_extension
 
 from lightning_sft import cpu_kernel
-from lightning_sft.attention_scores import HeadScoredAttention
+from lightning_sft.head_scored_attention import HeadScoredAttention
 
 
 def test_kernel_builds_on_this_machine():

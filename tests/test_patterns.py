@@ -1,10 +1,9 @@
 """lightning_sft.patterns: head scores against the naive computation, batching, leaving the model as found,
-refused inputs and families, the command, torch.distributed and DeepSpeed ZeRO-2/3."""
+refused inputs and families, torch.distributed and DeepSpeed ZeRO-2/3."""
 
 import copy
 import os
 import socket
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,14 +11,12 @@ import torch.multiprocessing as mp
 import transformers
 from safetensors.torch import load_file, save_file
 
-from lightning_sft import attention_scores, patterns
-from lightning_sft.attention_scores import HeadScoredAttention
-from lightning_sft.data import collate, load_examples
+from lightning_sft import head_scored_attention, patterns
+from lightning_sft.data import collate
+from lightning_sft.head_scored_attention import HeadScoredAttention
 from lightning_sft.patterns import activation_pattern, score_heads
-from lightning_sft.storage import load_pattern_file
 from tests.conftest import tiny_llama_config
 
-DATA = Path(__file__).parents[1] / "data" / "benchmarks"
 TOLERANCE = 1e-5  # relative, float32
 
 
@@ -129,7 +126,7 @@ def test_matches_naive_per_family(family):
 @pytest.mark.parametrize("family", ["llama_gqa", "opt"])
 def test_python_path_matches_naive(monkeypatch, family):
     """Where the C++ kernel cannot be built: PyTorch's fused backward and the Python blocks score."""
-    monkeypatch.setattr(attention_scores, "scored_attention_backward", lambda: None)
+    monkeypatch.setattr(head_scored_attention, "scored_attention_backward", lambda: None)
     check_against_naive(build(family))
 
 
@@ -321,14 +318,14 @@ def reference_attention(query, key, value, mask, scale, softcap, sinks):
 @pytest.mark.parametrize("softcap, sinks, cpu_kernel", [(None, False, True), (None, False, False), (3.0, False, True),
                                                         (None, True, True)],
                          ids=["plain", "plain_python", "softcap", "sinks"])
-@pytest.mark.parametrize("block_rows", [attention_scores.BLOCK_ROWS, 4], ids=["one_block", "many_blocks"])
+@pytest.mark.parametrize("block_rows", [head_scored_attention.BLOCK_ROWS, 4], ids=["one_block", "many_blocks"])
 def test_attention_function_matches_autograd(monkeypatch, mask_kind, softcap, sinks, cpu_kernel, block_rows):
     """Output, dQ, dK, dV and the scores of the custom Function against autograd, with grouped-query heads,
     left padding (rows with no key), right padding and a float mask's finite minimum; "plain" runs the C++
     kernel, the others the Python blocks (`block_rows` queries each)."""
-    monkeypatch.setattr(attention_scores, "BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(head_scored_attention, "BLOCK_ROWS", block_rows)
     if not cpu_kernel:
-        monkeypatch.setattr(attention_scores, "scored_attention_backward", lambda: None)
+        monkeypatch.setattr(head_scored_attention, "scored_attention_backward", lambda: None)
     torch.manual_seed(0)
     batch, heads, kv_heads, length, dim = 3, 4, 2, 19, 8
     query = torch.randn(batch, heads, length, dim, requires_grad=True)
@@ -368,32 +365,10 @@ def test_blockwise_forward_matches_fused_kernel():
     mask[0, ..., :3] = False
     for mask_or_none, causal in ((mask, False), (None, True)):
         fused = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, 0.0, causal, attn_mask=attention_scores._additive(mask_or_none, query.dtype), scale=0.5)
-        blockwise = attention_scores._blockwise_forward(query, key, value, mask_or_none, 0.5, causal, None, None)
+            query, key, value, 0.0, causal, attn_mask=head_scored_attention._additive(mask_or_none, query.dtype), scale=0.5)
+        blockwise = head_scored_attention._blockwise_forward(query, key, value, mask_or_none, 0.5, causal, None, None)
         for actual, expected in zip(blockwise, fused):
             torch.testing.assert_close(actual, expected)
-
-
-def test_command_scores_a_saved_model(tmp_path, tokenizer, tiny_llama, capsys):
-    tiny_llama.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    out = tmp_path / "scores.safetensors"
-    patterns.main(["--model", str(tmp_path / "model"), "--probe", str(DATA / "winogrande.jsonl"),
-                   "--adapter", "winogrande", "--out", str(out), "--batch-size", "2", "--max-length", "200",
-                   "--max-examples", "3", "--dtype", "float32"])
-    assert "wrote the [2, 4] pattern of 3 examples (0 skipped)" in capsys.readouterr().out
-    saved = load_pattern_file(out)
-    examples = load_examples(DATA / "winogrande.jsonl", tokenizer, adapter="winogrande", max_length=200, max_examples=3)
-    pad = tokenizer.pad_token_id
-    expected = score_heads(tiny_llama, [collate(examples[:2], pad), collate(examples[2:], pad)])
-    assert_close(saved["per_example"], expected.per_example)
-    assert_close(saved["pattern"], expected.pattern)
-    assert_close(saved["losses"], expected.losses)
-
-
-def test_command_refuses_an_unknown_model(tmp_path):
-    with pytest.raises(SystemExit, match=r"--model .*nowhere: not a model directory \(no config.json\)"):
-        patterns.main(["--model", str(tmp_path / "nowhere"), "--probe", "x.jsonl", "--out", str(tmp_path / "x")])
 
 
 def free_port() -> int:

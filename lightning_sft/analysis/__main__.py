@@ -5,8 +5,8 @@
     drift      RUN... --out DIR                              Figure 5: Pearson / MSE vs base, per step
     compose    RUN... --target T --bases A B ... --subset-size K [--out DIR]     Figure 4: R^2 per subset
     mix        (--coefficients A=0.4 ... | --from-compose CSV) --datasets A=PATH ... --total N --out FILE
-    select     --model DIR --target FILE --pool FILE --k N --out FILE            Scenario 2: data selection
 
+Scenario 2 (data selection) re-runs a model: `python -m lightning_sft.select`.
 A RUN is a patterns directory (holding index.json) or a directory above one (a Lightning log dir).
 """
 
@@ -17,7 +17,7 @@ from typing import Sequence, TypeVar
 
 from lightning_sft.analysis.commands import compose_command, drift_command, similarity_command, stats_command
 from lightning_sft.analysis.runs import load_runs
-from lightning_sft.analysis.scenarios import mix_command, read_compose_coefficients, select_command
+from lightning_sft.analysis.scenarios import mix_command, read_compose_coefficients
 
 T = TypeVar("T")
 
@@ -84,17 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(default: every positive one)")
     mix.add_argument("--seed", type=int, default=0, help="seed of the draws and the shuffle")
     mix.add_argument("--out", type=Path, required=True, help="JSONL file to write")
-
-    select = commands.add_parser("select", help="Scenario 2: pool rows whose pattern best matches the target's")
-    select.add_argument("--model", required=True, help="Hugging Face model directory (with its tokenizer)")
-    select.add_argument("--target", required=True, help="target set (any format lightning_sft.data reads)")
-    select.add_argument("--pool", type=Path, required=True, help="JSONL pool to select from")
-    select.add_argument("--k", type=int, required=True, help="rows to select")
-    select.add_argument("--out", type=Path, required=True, help="JSONL file for the chosen rows, best first")
-    select.add_argument("--batch-size", type=int, default=8)
-    select.add_argument("--max-length", type=int, default=1024)
-    select.add_argument("--format", default="auto", help="row format for lightning_sft.data (default: auto)")
-    select.add_argument("--adapter", help="benchmark adapter for lightning_sft.data (e.g. gsm8k)")
     return parser
 
 
@@ -116,8 +105,6 @@ def run(args: argparse.Namespace) -> str:
         top_k = args.top_k if args.top_k is not None else len(coefficients)
         return mix_command(coefficients, _named_dict(args.datasets, "--datasets"), args.total, top_k, args.seed,
                            args.out)
-    return select_command(args.model, args.target, args.pool, args.k, args.out, batch_size=args.batch_size,
-                          max_length=args.max_length, format=args.format, adapter=args.adapter)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
