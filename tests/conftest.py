@@ -7,6 +7,20 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lightning_sft.tokenizer import byte_tokenizer
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", choices=("cpu", "cuda"),
+                     help="where the tests that take the `device` fixture score (benchmarks/gpu_check.sh: cuda)")
+
+
+@pytest.fixture
+def device(request) -> torch.device:
+    """The `--device` the scorer's device-aware tests run on; with cuda and no GPU they are skipped."""
+    name = request.config.getoption("--device")
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.skip("--device cuda, but torch sees no CUDA GPU here")
+    return torch.device(name)
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """Nothing in the tests may reach a hub."""

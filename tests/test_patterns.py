@@ -16,6 +16,7 @@ from lightning_sft.data import collate
 from lightning_sft.head_scored_attention import HeadScoredAttention
 from lightning_sft.patterns import activation_pattern, score_heads
 from tests.conftest import tiny_llama_config
+from tests.test_cpu_kernel import count_kernel_calls
 
 TOLERANCE = 1e-5  # relative, float32
 
@@ -98,29 +99,62 @@ FAMILIES = {
 }
 
 
+# The families whose attention the C++ kernel cannot compute (soft-capping, sinks): the Python blocks do.
+WITHOUT_KERNEL = ("gemma2_softcap_sliding", "gpt_oss_sinks_moe")
+# Where the exactness tests also run on a GPU (benchmarks/gpu_check.sh): plain grouped-query attention,
+# soft-capping with sliding windows, attention sinks.
+DEVICE_FAMILIES = ("llama_gqa", "gemma2_softcap_sliding", "gpt_oss_sinks_moe")
+# float32 on CUDA sums in other orders (cuBLAS) than the CPU reference; a wrong formula is off by O(1).
+CUDA_TOLERANCE = 1e-4
+
+
 def build(family: str) -> transformers.PreTrainedModel:
     model_class, settings = FAMILIES[family]
     torch.manual_seed(0)
     return model_class(model_class.config_class(**settings)).eval()
 
 
-def check_against_naive(model: transformers.PreTrainedModel) -> None:
-    """A right-padded and a left-padded batch == the naive computation, per example."""
-    examples = random_examples([14, 11, 9])
+def check_against_naive(model: transformers.PreTrainedModel, lengths: tuple[int, ...] = (14, 11, 9),
+                        device: torch.device = torch.device("cpu")) -> None:
+    """A right-padded and a left-padded batch == the naive computation (on the CPU, float32), per example,
+    with the model scored on `device`."""
+    examples = random_examples(list(lengths))
     batches = [collate(examples[:2], pad_token_id=0), collate(examples[1:], pad_token_id=0, padding_side="left")]
     expected, expected_losses = naive_scores(model, batches)
-    scores = score_heads(model, batches)
+    scores = score_heads(model.to(device), batches)
+    rtol = TOLERANCE if device.type == "cpu" else CUDA_TOLERANCE
     assert scores.per_example.shape == (4, model.config.num_hidden_layers, model.config.num_attention_heads)
     assert scores.per_example.dtype == torch.float32
-    assert_close(scores.per_example, expected)
-    assert_close(scores.losses, expected_losses)
+    assert_close(scores.per_example, expected, rtol)
+    assert_close(scores.losses, expected_losses, rtol)
     assert scores.skipped == 0
-    assert_close(scores.pattern, expected.mean(0))
+    assert_close(scores.pattern, expected.mean(0), rtol)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_matches_naive_per_family(family):
-    check_against_naive(build(family))
+def test_matches_naive_per_family(monkeypatch, family, device):
+    """Also: on CPU every layer's backward of each batch goes through the C++ kernel exactly once (the
+    first layer's without input gradients), except in the families it cannot compute."""
+    calls = count_kernel_calls(monkeypatch)
+    model = build(family)
+    check_against_naive(model, device=device)
+    uses_kernel = device.type == "cpu" and family not in WITHOUT_KERNEL
+    layers = [True] * (model.config.num_hidden_layers - 1) + [False]  # backward runs the last layer first
+    assert calls == (layers * 2 if uses_kernel else [])
+
+
+@pytest.mark.parametrize("family, kernel", [("llama_gqa", True), ("mistral_sliding", True), ("mistral_sliding", False)],
+                         ids=["llama_gqa", "mistral_sliding", "mistral_sliding_python"])
+def test_long_examples_cross_query_blocks(monkeypatch, family, kernel):
+    """Examples longer than a query block (128) through a whole model, with a sliding window, through the C++
+    kernel (every layer of both batches) or, where it cannot be built, the Python path."""
+    if kernel:
+        calls = count_kernel_calls(monkeypatch)
+    else:
+        monkeypatch.setattr(head_scored_attention, "scored_attention_backward", lambda: None)
+    check_against_naive(build(family), lengths=(300, 170, 140))
+    if kernel:
+        assert calls == [True, False] * 2
 
 
 @pytest.mark.parametrize("family", ["llama_gqa", "opt"])
@@ -199,13 +233,20 @@ def assert_same_state(before: dict, after: dict) -> None:
 
 
 def prepared_model() -> transformers.PreTrainedModel:
-    """Training mode with attention dropout, eager attention, a frozen layer, a `.grad` and an eval submodule."""
+    """Training mode with attention dropout, eager attention, a frozen layer, a `.grad`, an eval submodule,
+    and a layer that draws from the CPU generator in every forward (as dropout does in training), so that
+    scoring moves the RNG state and only restoring it leaves the state as found."""
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(tiny_llama_config(attention_dropout=0.5, attn_implementation="eager")).train()
     model.model.layers[0].requires_grad_(False)
     model.lm_head.weight.grad = torch.ones_like(model.lm_head.weight)
     model.model.norm.eval()
+    model.model.layers[1].register_forward_hook(_draw_random_numbers)
     return model
+
+
+def _draw_random_numbers(module, args, output) -> None:
+    torch.rand(3)
 
 
 def test_leaves_model_as_found():
@@ -247,10 +288,11 @@ def test_works_under_no_grad_and_inference_mode(tiny_llama):
         assert torch.equal(score_heads(tiny_llama, inference_batches).per_example, expected)
 
 
-def test_bfloat16_model_is_scored_in_bfloat16(tiny_llama):
+@pytest.mark.parametrize("family", DEVICE_FAMILIES)
+def test_bfloat16_model_is_scored_in_bfloat16(family, device):
     batches = [collate(random_examples([16, 12, 9], seed=5), 0)]
-    reference = score_heads(tiny_llama, batches)
-    model = copy.deepcopy(tiny_llama).to(torch.bfloat16)
+    reference = score_heads(build(family), batches)  # float32 on the CPU
+    model = build(family).to(device, torch.bfloat16)
     scores = score_heads(model, batches)
     assert model.dtype == torch.bfloat16 and scores.per_example.dtype == torch.float32
     deviation = (scores.per_example - reference.per_example).norm() / reference.per_example.norm()
@@ -314,32 +356,37 @@ def reference_attention(query, key, value, mask, scale, softcap, sinks):
     return probabilities @ value.repeat_interleave(group, 1), probabilities
 
 
-@pytest.mark.parametrize("mask_kind", ["bool", "float"])
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "sliding"])
 @pytest.mark.parametrize("softcap, sinks, cpu_kernel", [(None, False, True), (None, False, False), (3.0, False, True),
                                                         (None, True, True)],
                          ids=["plain", "plain_python", "softcap", "sinks"])
-@pytest.mark.parametrize("block_rows", [head_scored_attention.BLOCK_ROWS, 4], ids=["one_block", "many_blocks"])
-def test_attention_function_matches_autograd(monkeypatch, mask_kind, softcap, sinks, cpu_kernel, block_rows):
+@pytest.mark.parametrize("length", [19, 300], ids=["one_block", "many_blocks"])
+def test_attention_function_matches_autograd(monkeypatch, mask_kind, softcap, sinks, cpu_kernel, length):
     """Output, dQ, dK, dV and the scores of the custom Function against autograd, with grouped-query heads,
-    left padding (rows with no key), right padding and a float mask's finite minimum; "plain" runs the C++
-    kernel, the others the Python blocks (`block_rows` queries each)."""
-    monkeypatch.setattr(head_scored_attention, "BLOCK_ROWS", block_rows)
-    if not cpu_kernel:
+    left padding (rows with no key), right padding, a float mask's finite minimum and a sliding window.
+    "plain" runs the C++ kernel (checked by counting its calls), the others the Python blocks; 300 queries
+    are three blocks of `BLOCK_ROWS` = 128 for both (the kernel's own block is 128 rows too)."""
+    assert head_scored_attention.BLOCK_ROWS == 128
+    if cpu_kernel:
+        calls = count_kernel_calls(monkeypatch)
+    else:
         monkeypatch.setattr(head_scored_attention, "scored_attention_backward", lambda: None)
     torch.manual_seed(0)
-    batch, heads, kv_heads, length, dim = 3, 4, 2, 19, 8
+    batch, heads, kv_heads, dim, pad = 3, 4, 2, 8, length // 4
     query = torch.randn(batch, heads, length, dim, requires_grad=True)
     key, value = (torch.randn(batch, kv_heads, length, dim, requires_grad=True) for _ in range(2))
     allowed = torch.ones(batch, 1, length, length, dtype=torch.bool).tril()
-    allowed[1, ..., :5] = False  # left padding
-    allowed[2, ..., 15:] = False  # right padding
+    if mask_kind == "sliding":
+        allowed &= torch.ones(length, length, dtype=torch.bool).triu(-(length // 3))
+    allowed[1, ..., :pad] = False  # left padding
+    allowed[2, ..., length - pad:] = False  # right padding
     mask = allowed
     if mask_kind == "float":
         mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
     sink_logits = torch.randn(heads) if sinks else None
     grad_output = torch.randn(batch, heads, length, dim)
-    grad_output[1, :, :5] = 0  # padding rows receive no gradient
-    grad_output[2, :, 15:] = 0
+    grad_output[1, :, :pad] = 0  # padding rows receive no gradient
+    grad_output[2, :, length - pad:] = 0
     expected_output, probabilities = reference_attention(query, key, value, mask, 0.3, softcap, sink_logits)
     (expected_output * grad_output).sum().backward(inputs=[probabilities], retain_graph=True)
     expected_scores = (probabilities * probabilities.grad).abs().sum((-1, -2))
@@ -356,6 +403,8 @@ def test_attention_function_matches_autograd(monkeypatch, mask_kind, softcap, si
                 torch.testing.assert_close(grad, expected)
         else:
             assert grads == (None, None, None)
+    if cpu_kernel:
+        assert calls == ([True, False] if softcap is None and not sinks else [])
 
 
 def test_blockwise_forward_matches_fused_kernel():
