@@ -414,7 +414,8 @@ def test_blockwise_forward_matches_fused_kernel():
     mask[0, ..., :3] = False
     for mask_or_none, causal in ((mask, False), (None, True)):
         fused = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, 0.0, causal, attn_mask=head_scored_attention._additive(mask_or_none, query.dtype), scale=0.5)
+            query, key, value, 0.0, causal, attn_mask=head_scored_attention._additive(mask_or_none, query.dtype),
+            scale=0.5)
         blockwise = head_scored_attention._blockwise_forward(query, key, value, mask_or_none, 0.5, causal, None, None)
         for actual, expected in zip(blockwise, fused):
             torch.testing.assert_close(actual, expected)

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from transformers import LlamaForCausalLM
 
 from lightning_sft.data import collate, load_examples, tokenize_rows
@@ -16,16 +15,15 @@ from lightning_sft.select import main
 from tests.test_analysis import _pearson, _short_rows
 
 
-def _run(capsys, *argv) -> str:
-    main([str(arg) for arg in argv])
-    return capsys.readouterr().out
-
-
-def _fails(capsys, *argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
+def _select(capsys, *argv) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of the command run in this process."""
+    try:
         main([str(arg) for arg in argv])
-    assert exit_info.value.code == 1
-    return capsys.readouterr().err
+        status = 0
+    except SystemExit as exit_info:
+        status = exit_info.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
 
 
 def test_select_ranks_pool_rows_by_pattern(model_dir, tokenizer, capsys, tmp_path):
@@ -37,8 +35,9 @@ def test_select_ranks_pool_rows_by_pattern(model_dir, tokenizer, capsys, tmp_pat
     pool = tmp_path / "pool.jsonl"
     pool.write_text("\n".join(lines[:4]) + "\n\n" + "\n".join(lines[4:]) + "\n")  # a blank line is not a row
 
-    printed = _run(capsys, "--model", model_dir, "--target", target, "--pool", pool, "--k", 3,
-                   "--out", tmp_path / "chosen.jsonl", "--max-length", 64, "--batch-size", 2)
+    status, printed, _ = _select(capsys, "--model", model_dir, "--target", target, "--pool", pool, "--k", 3,
+                                 "--out", tmp_path / "chosen.jsonl", "--max-length", 64, "--batch-size", 2)
+    assert status == 0
     chosen = (tmp_path / "chosen.jsonl").read_text().splitlines()
 
     model = LlamaForCausalLM.from_pretrained(model_dir).float().eval()
@@ -61,19 +60,19 @@ def test_select_refuses_malformed_pool_rows(model_dir, capsys, tmp_path):
     good = [json.dumps(row) for row in _short_rows("gsm8k", 3)]
     pool = tmp_path / "pool.jsonl"
     pool.write_text("\n".join([good[0], good[1], '{"prompt": "unterminated', good[2]]) + "\n")
-    error = _fails(capsys, "--model", model_dir, "--target", target, "--pool", pool, "--k", 1,
-                   "--out", tmp_path / "chosen.jsonl")
-    assert f"{pool} row 3 is not valid JSON" in error
+    status, _, error = _select(capsys, "--model", model_dir, "--target", target, "--pool", pool, "--k", 1,
+                               "--out", tmp_path / "chosen.jsonl")
+    assert status == 1 and f"{pool} row 3 is not valid JSON" in error
 
     pool.write_text("\n".join([good[0], json.dumps({"question": "no response field"}), good[2]]) + "\n")
-    error = _fails(capsys, "--model", model_dir, "--target", target, "--pool", pool, "--k", 1,
-                   "--out", tmp_path / "chosen.jsonl")
-    assert f"{pool} row 2 cannot be formatted: " in error and "the row has ['question']" in error
+    status, _, error = _select(capsys, "--model", model_dir, "--target", target, "--pool", pool, "--k", 1,
+                               "--out", tmp_path / "chosen.jsonl")
+    assert status == 1 and f"{pool} row 2 cannot be formatted: " in error and "the row has ['question']" in error
 
     pool.write_text("\n".join([good[0], good[1]]) + "\n")
-    error = _fails(capsys, "--model", model_dir, "--target", target, "--pool", pool, "--k", 3,
-                   "--out", tmp_path / "chosen.jsonl")
-    assert "--k 3 but only 2 of the 2 pool rows can be scored" in error
+    status, _, error = _select(capsys, "--model", model_dir, "--target", target, "--pool", pool, "--k", 3,
+                               "--out", tmp_path / "chosen.jsonl")
+    assert status == 1 and "--k 3 but only 2 of the 2 pool rows can be scored" in error
     assert not (tmp_path / "chosen.jsonl").exists()
 
 
