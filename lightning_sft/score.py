@@ -6,6 +6,9 @@ writes `pattern` [L, H], `per_example` [N, L, H] and `losses` [N] (float32 safet
 `lightning_sft.select` scores its target and pool through the same functions, so both commands load models
 the same way (`models.load_model`, `models.load_tokenizer`), pad the same way (`models.pad_token_id`) and
 run on the same device in the same dtype (`scoring_device_and_dtype`).
+
+Like the analysis commands it takes a flat list of flags (argparse); only `train.py` uses LightningCLI,
+because a fit is configured by nested YAML (model, data, trainer, callbacks).
 """
 
 import argparse
