@@ -34,7 +34,8 @@ if [[ $DRY == 0 ]]; then
   COST=(--device cuda --model 1b --lengths 1024 2048 4096 --paddings none right --repeats 2)
   FIT=(--trainer.accelerator gpu --trainer.devices 1 --trainer.precision bf16-true --trainer.max_steps 20
        --model.warmup_steps 5)
-  LIMITS=(120 270 80)  # seconds for the tests, the benchmark and the fit: 470 s in all
+  LIMITS=(150 250 80)  # seconds for the tests (with the first build of the CPU kernel, for the CPU
+                       # references), the benchmark and the fit: 480 s in all
 else
   TEST_DEVICE=cpu
   COST=(--device cpu --model small --lengths 64 --paddings none right --repeats 1)
