@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from lightning_sft.adapters import ADAPTERS
-from lightning_sft.data import IGNORE_INDEX, tokenize_rows
+from lightning_sft.data import tokenize_rows
+from lightning_sft.labels import IGNORE_INDEX
 
 DATA = Path(__file__).parents[1] / "data" / "benchmarks"
 
