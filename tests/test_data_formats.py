@@ -174,3 +174,68 @@ def test_load_examples_reads_adapts_and_limits(tokenizer):
     assert examples[0]["input_ids"] == [BOS] + ids(tokenizer, first["question"] + "\n" + first["answer"]) + [EOS]
     with pytest.raises(ValueError, match="max_examples=0"):
         load_examples(DATA / "gsm8k.jsonl", tokenizer, max_examples=0)
+
+
+# ---------------------------------------------------------------------------- text as written, errors' places
+
+
+def test_a_csv_with_numeric_answers_trains(tmp_path, tokenizer):
+    path = tmp_path / "gsm8k.csv"
+    path.write_text("question,answer\nHow many?,16\nAnd now?,023689\n")
+    examples = load_examples(path, tokenizer, format=PromptResponse("question", "answer"))
+    assert [example["input_ids"] for example in examples] == [
+        [BOS] + ids(tokenizer, "How many?16") + [EOS], [BOS] + ids(tokenizer, "And now?023689") + [EOS]]
+
+
+def test_quotes_and_null_are_text(tmp_path, tokenizer):
+    path = tmp_path / "rows.csv"
+    path.write_text('prompt,response\n"""x""",null\n')
+    [example] = load_examples(path, tokenizer)
+    assert example["input_ids"] == [BOS] + ids(tokenizer, '"x"null') + [EOS]
+
+
+def test_a_number_response_in_row_100_trains_as_its_text(tmp_path, tokenizer):
+    rows = [{"prompt": f"q{i}", "response": "a"} for i in range(120)]
+    rows[99]["response"] = 16
+    examples = load_examples(write_jsonl(tmp_path / "rows.jsonl", rows), tokenizer)
+    assert len(examples) == 120
+    assert examples[99]["input_ids"] == [BOS] + ids(tokenizer, "q9916") + [EOS]
+
+
+def test_a_bad_field_in_row_100_is_blamed_on_its_line(tmp_path, tokenizer):
+    rows = [{"prompt": f"q{i}", "response": "a"} for i in range(120)]
+    rows[99]["response"] = ["not", "text"]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    with pytest.raises(ValueError, match=rf"^{path}:100: field 'response' holds a list .*not text"):
+        load_examples(path, tokenizer)
+
+
+def test_rows_from_a_file_are_named_by_their_line(tmp_path, tokenizer):
+    path = tmp_path / "rows.json"
+    path.write_text('[\n  {"text": "a"},\n\n  {"title": "b"}\n]\n')  # the second object starts on line 4
+    with pytest.raises(ValueError, match=rf"^{path}:4: missing field\(s\) \['text'\]"):
+        load_examples(path, tokenizer, format="text")
+
+
+# ---------------------------------------------------------------------------------------- empty responses
+
+
+def test_empty_responses_are_counted_in_one_warning(tmp_path, tokenizer):
+    rows = [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": ""}, {"prompt": "d", "response": " "},
+            {"prompt": "e", "response": "f"}]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    with pytest.warns(UserWarning, match=rf"^{path}: 2 of 4 rows have an empty response") as record:
+        examples = load_examples(path, tokenizer)
+    assert len(record) == 1 and len(examples) == 4
+    assert examples[1]["labels"] == [IGNORE_INDEX] * 2 + [EOS]  # what such a row teaches: only the eos
+
+
+@pytest.mark.parametrize("rows", [
+    [{"prompt": "a", "response": ""}, {"prompt": "b", "response": ""}],
+    [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}],
+    [{"text": ""}],
+])
+def test_no_row_with_a_response_is_an_error_naming_the_file(tmp_path, tokenizer, rows):
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    with pytest.raises(ValueError, match=rf"^{path}: all {len(rows)} rows have an empty response"):
+        load_examples(path, tokenizer)

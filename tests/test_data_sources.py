@@ -1,6 +1,7 @@
 """lightning_sft.data.sources: every suffix and a load_dataset dict, values as written, places from 1, and
 errors that name the file and line."""
 
+import csv
 import json
 
 import pandas as pd
@@ -58,3 +59,94 @@ def test_read_rows_empty_file(tmp_path, name, content):
 def test_read_rows_dict_needs_path_and_split():
     with pytest.raises(ValueError, match="needs `path` and `split`"):
         read_rows({"path": "openai/gsm8k", "name": "main"})
+
+
+# ------------------------------------------------------------------------------- values as the file holds them
+
+
+def write_csv(path, rows: list[list[str]]):
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        csv.writer(file).writerows(rows)
+    return path
+
+
+AS_WRITTEN = ['"x"', "null", "023689", "NA", "", "16", "1e3", "True"]  # strings a type guesser would change
+
+
+def test_csv_fields_are_the_strings_written(tmp_path):
+    path = write_csv(tmp_path / "rows.csv", [["prompt", "response"], *([value, value] for value in AS_WRITTEN)])
+    assert list(read_rows(path)) == [{"prompt": value, "response": value} for value in AS_WRITTEN]
+
+
+def test_jsonl_strings_and_numbers_are_kept_per_row(tmp_path):
+    rows = [{"prompt": f"q{i}", "response": "a"} for i in range(120)]
+    rows[99]["response"] = 16  # line 100: a number where every other row has a string
+    rows[5] = {"prompt": '"x"', "response": "null"}
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    assert list(read_rows(path)) == rows
+    assert read_rows(path).places[99] == f"{path}:100"
+
+
+def test_places_count_lines_from_one_in_every_format(tmp_path):
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"text": "a"}\n\n{"text": "b"}\n')
+    assert read_rows(jsonl).places == [f"{jsonl}:1", f"{jsonl}:3"]
+    assert read_rows(jsonl).lines == ['{"text": "a"}', '{"text": "b"}']
+    document = tmp_path / "rows.json"
+    document.write_text('[\n  {"text": "a"},\n\n  {"text":\n "b"}, {"text": "c"}\n]\n')
+    assert read_rows(document).places == [f"{document}:2", f"{document}:4", f"{document}:5"]
+    table = write_csv(tmp_path / "rows.csv", [["text"], ["two\nlines"], ["c"]])  # header, then lines 2-3, then 4
+    assert read_rows(table).places == [f"{table}:2", f"{table}:4"]
+    parquet = tmp_path / "rows.parquet"
+    pd.DataFrame({"text": ["a", "b"]}).to_parquet(parquet)
+    assert read_rows(parquet).places == [f"{parquet} row 1", f"{parquet} row 2"]
+    hub = read_rows({"path": "json", "data_files": str(jsonl), "split": "train"})
+    assert hub.records == [{"text": "a"}, {"text": "b"}] and hub.places[1].endswith("row 2")
+
+
+def test_select_keeps_places_and_lines(tmp_path):
+    rows = read_rows(write_jsonl(tmp_path / "rows.jsonl", [{"text": str(i)} for i in range(4)]))
+    chosen = rows.select([3, 1])
+    assert (chosen.records, chosen.places) == ([{"text": "3"}, {"text": "1"}], [rows.places[3], rows.places[1]])
+    assert [chosen.as_json(i) for i in range(2)] == ['{"text": "3"}', '{"text": "1"}']
+
+
+# -------------------------------------------------------------------------------- errors that name the place
+
+
+def test_a_bad_first_jsonl_line_is_reported_at_line_one(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "a"\n{"text": "b"}\n')
+    with pytest.raises(ValueError, match=rf"^{path}:1: Expecting ',' delimiter.*; fix or remove that line$"):
+        read_rows(path)
+
+
+@pytest.mark.parametrize(("line", "kind"), [("[1, 2]", "list"), ("42", "int"), ('"text"', "str")])
+def test_a_json_line_that_is_not_an_object_names_its_line(tmp_path, line, kind):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(f'{{"text": "a"}}\n{line}\n')
+    with pytest.raises(ValueError, match=rf"^{path}:2: a JSON {kind}, not an object"):
+        read_rows(path)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_file_that_is_not_utf8_names_the_file_and_line(tmp_path, suffix):
+    path = tmp_path / f"rows{suffix}"
+    path.write_bytes(b'{"text": "a"}\n{"text": "caf\xe9"}\n' if suffix == ".jsonl" else b"text\na\ncaf\xe9\n")
+    line = 2 if suffix == ".jsonl" else 3
+    with pytest.raises(ValueError, match=rf"^{path}:{line}: not UTF-8 text \(byte 0xe9.*save the file as UTF-8"):
+        read_rows(path)
+
+
+def test_a_parquet_file_that_is_text_is_named(tmp_path):
+    path = tmp_path / "rows.parquet"
+    path.write_text('{"text": "a"}\n')
+    with pytest.raises(ValueError, match=rf"^{path}: not a readable Parquet file \(.*\); pass a file written as"):
+        read_rows(path)
+
+
+def test_a_csv_row_with_a_wrong_field_count_names_its_line(tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text("prompt,response\na,b\nc,d,e\n")
+    with pytest.raises(ValueError, match=rf"^{path}:3: 3 fields where the header \(line 1\) has 2"):
+        read_rows(path)
