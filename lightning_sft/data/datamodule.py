@@ -4,6 +4,7 @@ import math
 from collections.abc import Callable
 from functools import partial
 
+import datasets
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
@@ -14,7 +15,7 @@ from lightning_sft import models
 from lightning_sft.data.batching import _pack, collate, collate_packed
 from lightning_sft.data.formats import ChatMessages, PlainText, PromptResponse, check_format
 from lightning_sft.data.loader import ResumableDataLoader, ResumableSampler
-from lightning_sft.data.sources import check_source, read_rows, source_name
+from lightning_sft.data.sources import check_source, source_name
 from lightning_sft.data.tokenization import check_max_length, read_examples, resolve_adapter
 
 
@@ -89,7 +90,7 @@ class SFTDataModule(pl.LightningDataModule):
         """Download hub datasets once per node before every rank reads them in `setup`."""
         for source in (self.train, self.val):
             if isinstance(source, dict):
-                read_rows(source)
+                datasets.load_dataset(**source)
 
     @override
     def setup(self, stage: str) -> None:

@@ -112,7 +112,7 @@ def read_rows(source: str | Path | dict) -> Rows:
         elif path.suffix == ".json" and text.lstrip().startswith("["):
             rows = _read_json_document(path, text)
         else:  # .jsonl, or a .json file holding JSON lines
-            rows = _read_json_lines(path, text)
+            rows = _read_json_lines(path, text, path.suffix == ".json")
     if not rows.records:
         raise ValueError(f"{path} has no rows; give it one example per row")
     return rows
@@ -140,8 +140,9 @@ def _object(path: Path, line: int, value: Any) -> dict:
     return value
 
 
-def _read_json_lines(path: Path, text: str) -> Rows:
-    """One JSON object per non-blank line; each row keeps its line as written."""
+def _read_json_lines(path: Path, text: str, document_allowed: bool) -> Rows:
+    """One JSON object per non-blank line; each row keeps its line as written. With `document_allowed` (a .json
+    file), a single object spread over several lines is refused with what to pass instead."""
     records, places, lines = [], [], []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -149,11 +150,24 @@ def _read_json_lines(path: Path, text: str) -> Rows:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as error:
+            if document_allowed and _is_json(text):
+                raise ValueError(
+                    f"{path}: one JSON value spread over several lines; pass an array of row objects"
+                    " ([{...}, {...}]) or one object per line (JSON lines)"
+                ) from None
             raise ValueError(f"{path}:{number}: {error}; fix or remove that line") from None
         records.append(_object(path, number, value))
         places.append(f"{path}:{number}")
         lines.append(line)
     return Rows(str(path), records, places, lines)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _read_json_document(path: Path, text: str) -> Rows:
