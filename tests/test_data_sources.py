@@ -103,7 +103,7 @@ def test_select_keeps_places_and_lines(tmp_path):
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("bad.jsonl", b'{"t": "a"}\n{"t": "b"}\n{"t": "c"\n{"t": "d"}\n', ":3: Expecting ',' delimiter.*; fix or remove"),
+        ("bad.jsonl", b'{"t": "a"}\n{"t": "b"}\n{"t": "c"\n{"t": "d"}\n', ":3: Expecting ',' delimiter"),
         ("first.jsonl", b'{"t": "a"\n{"t": "b"}\n', ":1: Expecting ',' delimiter.*; fix or remove that line$"),
         ("bad.json", b'[\n  {"t": "a"},\n  {"t": "b" "c"}\n]\n', ":3: .*; fix or remove that line$"),
         ("list.jsonl", b'{"t": "a"}\n[1, 2]\n', ":2: a JSON list, not an object"),

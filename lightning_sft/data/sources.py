@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow
+import pyarrow.parquet
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
@@ -98,8 +100,7 @@ def read_rows(source: str | Path | dict) -> Rows:
         rows = datasets.load_dataset(**source)
         if not isinstance(rows, datasets.Dataset):
             raise ValueError(f"{source_name(source)}: gave a {type(rows).__name__}, not one split as a Dataset")
-        records = rows.to_list()
-        return Rows(source_name(source), records, [f"{source_name(source)} row {n}" for n in range(1, len(records) + 1)])
+        return _numbered_rows(source_name(source), rows.to_list())
     path = Path(source)
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty; give it one example per row")
@@ -209,9 +210,7 @@ def _read_csv(path: Path, text: str) -> Rows:
 
 
 def _read_parquet(path: Path) -> Rows:
-    import pyarrow
-    import pyarrow.parquet
-
+    """The table's rows as dicts, values of the columns' declared types; places are row numbers."""
     try:
         records = pyarrow.parquet.read_table(path).to_pylist()
     except (pyarrow.ArrowInvalid, OSError) as error:
@@ -219,4 +218,9 @@ def _read_parquet(path: Path) -> Rows:
             f"{path}: not a readable Parquet file ({str(error).splitlines()[0]}); pass a file written as Parquet, or"
             " name it by its format (.jsonl, .json, .csv)"
         ) from None
-    return Rows(str(path), records, [f"{path} row {n}" for n in range(1, len(records) + 1)])
+    return _numbered_rows(str(path), records)
+
+
+def _numbered_rows(name: str, records: list[dict]) -> Rows:
+    """`records` with places "NAME row N", N from 1 (sources without lines)."""
+    return Rows(name, records, [f"{name} row {number}" for number in range(1, len(records) + 1)])
