@@ -272,3 +272,14 @@ def test_resume_with_two_processes_sees_each_ranks_uninterrupted_batches(tmp_pat
     assert sorted(first_epoch) == [f"sample {i:02d}" for i in range(24)]  # the ranks' shards are disjoint
     _, resumed = fit(tmp_path, "resumed", 14, ckpt_path=tmp_path / "checkpoints" / "step=8.ckpt", **settings)
     assert resumed == [rank[8:] for rank in ranks]
+
+
+def test_max_length_is_checked_once_per_entry_point(rows_file, tokenizer, monkeypatch):
+    """Issue 13: the check ran at four call sites along one path (init, tokenize, pack train, pack val)."""
+    from lightning_sft.data import batching, datamodule, tokenization
+
+    checked = []
+    for module in (batching, datamodule, tokenization):
+        monkeypatch.setattr(module, "check_max_length", checked.append)
+    data_module(str(rows_file), tokenizer, packing=True, max_length=40, val_fraction=0.1)
+    assert checked == [40]
