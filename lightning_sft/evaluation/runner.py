@@ -141,8 +141,8 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: T
         raise ValueError(f"max_new_tokens={limit}; pass a positive integer")
     batches = [data.requests[start:start + batch_size] for start in range(0, len(data.requests), batch_size)]
     device = model.device
-    means = {metric: MeanMetric().to(device) for metric in task.metrics}
-    count = SumMetric().to(device)
+    means = {metric: MeanMetric().to(device).set_dtype(torch.float64) for metric in task.metrics}
+    count = SumMetric().to(device).set_dtype(torch.float64)
     rank, world = rank_and_world()
     with _evaluating(model), Progress(disable=not progress or rank != 0) as bar:
         progress_task = bar.add_task(f"Evaluating {task.name}", total=len(range(rank, len(batches), world)) or 1)

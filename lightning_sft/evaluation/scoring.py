@@ -60,8 +60,9 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, training_form
 
 def continuation_loglikelihoods(model: PreTrainedModel, pairs: list[tuple[list[int], list[int]]],
                                 pad_token_id: int) -> Tensor:
-    """float32 [len(pairs)]: sum over the continuation's tokens of log p(token | everything before it), for
-    each (context_ids, continuation_ids) pair, in one right-padded forward pass."""
+    """float64 [len(pairs)]: sum over the continuation's tokens of log p(token | everything before it), for
+    each (context_ids, continuation_ids) pair, in one right-padded forward pass (log-softmax in float32,
+    summed in float64)."""
     sequences = [(context + continuation)[:-1] for context, continuation in pairs]
     longest = max(len(sequence) for sequence in sequences)
     device = model.device
@@ -77,7 +78,7 @@ def continuation_loglikelihoods(model: PreTrainedModel, pairs: list[tuple[list[i
         positions = torch.arange(len(context) - 1, len(context) - 1 + len(continuation), device=device)
         log_probs = F.log_softmax(logits[row, positions].float(), dim=-1)
         targets = torch.tensor(continuation, device=device)
-        totals.append(log_probs.gather(1, targets[:, None]).sum())
+        totals.append(log_probs.gather(1, targets[:, None]).double().sum())
     return torch.stack(totals).cpu()
 
 
@@ -111,8 +112,8 @@ def greedy_generate(model: PreTrainedModel, prompts: list[list[int]], *, max_new
     _, world = rank_and_world()
     for _ in range(max_new_tokens):
         result = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       past_key_values=cache, use_cache=True)
-        cache = result.past_key_values
+                       cache=cache, use_cache=True)
+        cache = result.cache
         next_ids = result.logits[:, -1].argmax(-1)
         for row, token in enumerate(next_ids.tolist()):
             if done[row]:
