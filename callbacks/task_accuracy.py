@@ -64,7 +64,8 @@ class TaskAccuracyCallback(Callback):
         for name in tasks:
             get_task(name)
         if unknown := sorted(set(fewshot or {}) - set(tasks)):
-            raise ValueError(f"TaskAccuracyCallback: fewshot names tasks {unknown} that are not in tasks {sorted(tasks)}")
+            raise ValueError(f"TaskAccuracyCallback: fewshot names tasks {unknown} that are not in tasks"
+                             f" {sorted(tasks)}")
         if batch_size < 1 or (max_examples is not None and max_examples < 1):
             raise ValueError(f"TaskAccuracyCallback: batch_size={batch_size} and max_examples={max_examples} must be"
                              " >= 1 (max_examples None: every row)")

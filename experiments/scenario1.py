@@ -119,7 +119,8 @@ def main() -> None:
                            "runs": [run[-1][1] for run in runs]} for condition, runs in curves.items()}
     atomic_write_text(args.out / "results.json", json.dumps({"settings": vars(args) | {"out": str(args.out)},
                                                              "summary": summary, "curves": curves}, indent=2))
-    print(f"\n| condition | reversed_sum exact match (mean ± std, {len(args.seeds)} seeds) | per seed |\n|---|---|---|")
+    print(f"\n| condition | reversed_sum exact match (mean ± std, {len(args.seeds)} seeds) | per seed |")
+    print("|---|---|---|")
     for condition, values in summary.items():
         print(f"| {condition} | {values['mean']:.3f} ± {values['std']:.3f} | "
               f"{', '.join(f'{value:.3f}' for value in values['runs'])} |")

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
 from lightning_sft.evaluation import TASKS, evaluate, load_task
@@ -85,8 +84,8 @@ def test_fewshot_rows_first_n_of_the_same_subject(tmp_path):
     shots = [row for row in dev if row["subject"] == "high_school_physics"][:2]
     context = data.requests[0].pairs[0][0]
     expected_shots = "".join(
-        f"{row['question'].strip()}\nA. {row['A']}\nB. {row['B']}\nC. {row['C']}\nD. {row['D']}\nAnswer: {row['answer']}\n\n"
-        for row in shots)
+        f"{row['question'].strip()}\nA. {row['A']}\nB. {row['B']}\nC. {row['C']}\nD. {row['D']}\nAnswer:"
+        f" {row['answer']}\n\n" for row in shots)
     assert context.startswith("The following are multiple choice questions (with answers) about high school physics."
                               "\n\n" + expected_shots)
     with pytest.raises(ValueError, match="fewer than num_fewshot=6"):
