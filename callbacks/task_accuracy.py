@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
+from callbacks.head_activation import _drift_layout
 from callbacks.schedule import Schedule
 from lightning_sft.evaluation import TaskData, evaluate, get_task, load_task
 from lightning_sft.models import model_of, tokenizer_for
@@ -138,7 +139,9 @@ class TaskAccuracyCallback(Callback):
     def _log(self, trainer: "L.Trainer", step: int, metrics: dict[str, float]) -> None:
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-            if isinstance(logger, TensorBoardLogger) and len(self.done_steps) == 1:
+            if isinstance(logger, TensorBoardLogger):
+                # TensorBoard shows one layout per run (the last written): ours holds HeadActivationCallback's
+                # charts too, and is rewritten at every evaluation so that it is the last
                 logger.experiment.add_custom_scalars(accuracy_layout())
             logger.save()
 
@@ -152,8 +155,10 @@ class TaskAccuracyCallback(Callback):
 
 
 def accuracy_layout() -> dict[str, Any]:
-    """TensorBoard custom-scalars layout: every task's accuracy on one chart, beside every probe's drift."""
+    """TensorBoard custom-scalars layout: every task's accuracy on one chart, beside every probe's drift (and
+    HeadActivationCallback's own charts)."""
     return {
+        **_drift_layout(),
         "accuracy beside drift": {
             "task accuracy": ["Multiline", [r"eval/.*"]],
             "head drift (pearson vs base)": ["Multiline", [r"head_drift/.*/pearson"]],

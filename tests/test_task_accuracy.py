@@ -10,6 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.data import DataLoader
 from transformers import LlamaForCausalLM
 
@@ -70,7 +71,12 @@ def test_logs_every_task_metric_to_every_logger_on_the_schedule(tmp_path, tasks)
     make_trainer(tmp_path, [callback], max_steps=5, loggers=loggers).fit(module, train_loader(module.tokenizer))
     assert callback.done_steps == [0, 1, 2, 4, 5]  # log-spaced, then the end of training
 
-    events = EventAccumulator(loggers[0].log_dir).Reload()
+    events = EventAccumulator(loggers[0].log_dir, size_guidance={"tensors": 0}).Reload()
+    layouts = events.Tensors("custom_scalars__config__")
+    assert len(layouts) == 5  # rewritten at every evaluation, so it stays the run's last layout
+    layout = layout_pb2.Layout.FromString(layouts[-1].tensor_proto.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert charts["task accuracy"] == ["eval/.*"] and charts["pearson vs base"] == ["head_drift/.*/pearson"]
     for tag in ("eval/winogrande/acc", "eval/reversed_sum/exact_match"):
         assert [event.step for event in events.Scalars(tag)] == [0, 1, 2, 4, 5]
     with open(Path(loggers[1].log_dir) / "metrics.csv") as file:
