@@ -29,13 +29,12 @@ class TaskData:
 
 
 def _records(task: Task, source: str | Path | dict) -> list[tuple[str, object]]:
-    """(where, record) for every row of `source`, where = "FILE:LINE" (row i of a JSONL file is line i + 1)."""
+    """(where, record) for every row of `source`, where = the row's place in its file ("FILE:LINE")."""
     rows = read_rows(source)
     if len(rows) == 0:
         raise ValueError(f"task {task.name!r}: {source} has no rows; give it one example per row")
     records = []
-    for index, row in enumerate(rows):
-        where = f"{source}:{index + 1}"
+    for where, row in zip(rows.places, rows):
         try:
             records.append((where, task.read(row)))
         except (ValueError, TypeError, KeyError) as error:
