@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from transformers import AutoTokenizer, PreTrainedModel
 from typing_extensions import override
 
+from callbacks.schedule import Schedule
 from lightning_sft import stats
 from lightning_sft.data import collate_batches, load_examples
 from lightning_sft.patterns import score_heads
@@ -92,12 +93,7 @@ class HeadActivationCallback(Callback):
             if name.lower() in folded:
                 raise ValueError(f"probe names {folded[name.lower()]!r} and {name!r} collide (case-insensitively).")
             folded[name.lower()] = name
-        if steps is not None and every_n_steps is not None:
-            raise ValueError("Pass either `steps` or `every_n_steps`, not both (neither: log-spaced 0, 1, 2, 4, ...).")
-        if steps is not None and (not steps or min(steps) < 0):
-            raise ValueError(f"steps={steps} must be a non-empty list of optimizer steps >= 0.")
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"every_n_steps={every_n_steps} must be >= 1.")
+        self.schedule = Schedule(steps, every_n_steps, "HeadActivationCallback")
         if batch_size < 1 or (max_examples is not None and max_examples < 1) or max_length < 2:
             raise ValueError(
                 f"batch_size={batch_size} and max_examples={max_examples} must be >= 1, max_length={max_length} >= 2."
@@ -106,7 +102,7 @@ class HeadActivationCallback(Callback):
         if unknown:
             raise ValueError(f"adapters name probes that do not exist: {sorted(unknown)}; probes: {sorted(probes)}.")
         self.probes = dict(probes)
-        self.steps = sorted(set(steps)) if steps is not None else None
+        self.steps = self.schedule.steps
         self.every_n_steps = every_n_steps
         self.probe_at_end = probe_at_end
         self.save_dir = save_dir
@@ -133,11 +129,7 @@ class HeadActivationCallback(Callback):
 
     def is_scheduled(self, step: int) -> bool:
         """Whether optimizer step `step` (0 = before any update) is on the schedule."""
-        if self.steps is not None:
-            return step in self.steps
-        if self.every_n_steps is not None:
-            return step % self.every_n_steps == 0
-        return step == 0 or step & (step - 1) == 0
+        return self.schedule.is_due(step)
 
     @override
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:

@@ -51,6 +51,22 @@ def tokenizer_for(name: str | None, module: Any, who: str) -> PreTrainedTokenize
     return tokenizer
 
 
+def model_of(module: Any, attribute: str | None, who: str) -> PreTrainedModel:
+    """The transformers model inside a LightningModule: `module.<attribute>`, else its one child that is a
+    `PreTrainedModel`. `who` names the component asking, for the error."""
+    if attribute is not None:
+        model = getattr(module, attribute, None)
+        if not isinstance(model, PreTrainedModel):
+            raise ValueError(f"{who}: {type(module).__name__}.{attribute} is {type(model).__name__}, not a"
+                             " transformers PreTrainedModel; name the attribute that holds it")
+        return model
+    found = {name: child for name, child in module.named_children() if isinstance(child, PreTrainedModel)}
+    if len(found) != 1:
+        raise ValueError(f"{who} found {len(found)} transformers models on {type(module).__name__} ({sorted(found)});"
+                         " pass model_attribute= the one to use")
+    return next(iter(found.values()))
+
+
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The id batches are padded with: the tokenizer's pad token, else its eos, else 0 (padding is masked
     everywhere, so the choice never changes a result)."""

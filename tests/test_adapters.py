@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from lightning_sft.adapters import ADAPTERS
-from lightning_sft.data import IGNORE_INDEX, tokenize_rows
+from lightning_sft.data import tokenize_rows
+from lightning_sft.labels import IGNORE_INDEX
 
 DATA = Path(__file__).parents[1] / "data" / "benchmarks"
 
@@ -114,7 +115,7 @@ HELLASWAG_ROWS = [
 
 def test_hellaswag_rows():
     pair = ADAPTERS["hellaswag"](HELLASWAG_ROWS[0])
-    assert pair["prompt"].startswith("Roof shingle removal: A man is sitting on a roof. he\n")
+    assert pair["prompt"].startswith("Roof shingle removal: A man is sitting on a roof. He\n")
     assert options_of(pair["prompt"], 4) == dict(zip("ABCD", HELLASWAG_ROWS[0]["endings"]))
     assert pair["response"] == "Answer: D"
     assert ADAPTERS["hellaswag"]({**HELLASWAG_ROWS[1], "label": "1"})["response"] == "Answer: B"
@@ -163,7 +164,7 @@ def test_codesearchnet_python_both_layouts():
         ("gsm8k", {"question": "q"}, "answer"),
         ("math", {"problem": "p", "level": "Level 1"}, "solution"),
         ("arc", {"question": "q", "answerKey": "A"}, "choices"),
-        ("hellaswag", {"ctx": "c", "label": "0"}, "endings"),
+        ("hellaswag", {"activity_label": "a", "ctx_a": "c", "ctx_b": "d", "label": "0"}, "endings"),
         ("winogrande", {"sentence": "_ x", "option1": "a", "answer": "1"}, "option2"),
         ("mmlu", {"question": "q", "A": "a", "B": "b", "C": "c", "answer": "A"}, "D"),
         ("codesearchnet_python", {"docstring": "d"}, "code"),
@@ -173,7 +174,7 @@ def test_missing_field_names_adapter_field_and_keys(name, row, field):
     with pytest.raises(ValueError) as error:
         ADAPTERS[name](row)
     message = str(error.value)
-    assert f"adapter {name!r}" in message and f"no field {field!r}" in message and str(sorted(row)) in message
+    assert f"{name}:" in message and f"no field {field!r}" in message and str(sorted(row)) in message
 
 
 @pytest.mark.parametrize(

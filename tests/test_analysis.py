@@ -233,6 +233,17 @@ def test_mix_draws_proportional_rows_reproducibly(capsys, tmp_path):
     assert not any(tmp_path.glob("t*.jsonl")) and not (tmp_path / "missing.jsonl").exists()
 
 
+def test_mix_writes_rows_exactly_as_read(capsys, tmp_path):
+    jsonl_lines = ['{"prompt":"p1",  "response":"023689"}', '{"response": 16, "prompt": "p2", "extra": 1.50}']
+    (tmp_path / "a.jsonl").write_text("".join(line + "\n" for line in jsonl_lines))
+    (tmp_path / "b.csv").write_text('prompt,response\n"""x""",023689\nq,null\n')
+    _run(capsys, "mix", "--coefficients", "A=1", "B=1", "--datasets", f"A={tmp_path / 'a.jsonl'}",
+         f"B={tmp_path / 'b.csv'}", "--total", 4, "--out", tmp_path / "mix.jsonl")
+    written = (tmp_path / "mix.jsonl").read_text().splitlines()
+    from_csv = [json.dumps({"prompt": '"x"', "response": "023689"}), json.dumps({"prompt": "q", "response": "null"})]
+    assert sorted(written) == sorted(jsonl_lines + from_csv)
+
+
 def test_mix_from_compose_csv(runs, capsys, tmp_path):
     root, _ = runs
     bases = ["arc", "winogrande", "mmlu"]

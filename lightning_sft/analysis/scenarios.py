@@ -6,7 +6,6 @@ pattern-only commands should not wait for.
 """
 
 import csv
-import json
 from pathlib import Path
 from typing import Mapping
 
@@ -42,7 +41,8 @@ def mix_command(
     """Scenario 1: draw `mixture_counts(coefficients, total, top_k)` rows from the named datasets (without
     replacement, reproducibly from `seed`), shuffle them and write them as JSONL to `out`.
 
-    Datasets are read with `lightning_sft.data.read_rows`; rows are written as read (one JSON object a line).
+    Datasets are read with `lightning_sft.data.read_rows`; rows are written exactly as read, one JSON object a
+    line: a JSONL row as its line in the file, a row of another format as its values (`Rows.as_json`).
     """
     from lightning_sft.data import read_rows
 
@@ -53,16 +53,16 @@ def mix_command(
             f"no --datasets entry for {', '.join(missing)} (chosen by the coefficients); pass NAME=PATH for each"
         )
     rng = np.random.default_rng(seed)
-    rows = []
+    lines = []
     for name, count in counts.items():
-        dataset = read_rows(datasets[name])
-        if count > len(dataset):
+        rows = read_rows(datasets[name])
+        if count > len(rows):
             raise ValueError(
-                f"dataset {name} ({datasets[name]}) has {len(dataset)} rows but the mixture asks for {count}; "
+                f"dataset {name} ({datasets[name]}) has {len(rows)} rows but the mixture asks for {count}; "
                 "pass a smaller --total or a larger dataset"
             )
-        rows += dataset.select(rng.choice(len(dataset), size=count, replace=False).tolist()).to_list()
-    rows = [rows[position] for position in rng.permutation(len(rows))]
-    atomic_write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        lines += [rows.as_json(index) for index in rng.choice(len(rows), size=count, replace=False).tolist()]
+    lines = [lines[position] for position in rng.permutation(len(lines))]
+    atomic_write_text(out, "".join(line + "\n" for line in lines))
     table = "\n".join(f"| {name} | {coefficients[name]:.4f} | {count} |" for name, count in counts.items())
-    return f"| dataset | coefficient | rows |\n|---|---|---|\n{table}\n\nwrote {len(rows)} rows to {out}\n"
+    return f"| dataset | coefficient | rows |\n|---|---|---|\n{table}\n\nwrote {len(lines)} rows to {out}\n"
