@@ -8,7 +8,6 @@ in `lightning_sft.analysis`, which only reads saved patterns.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -16,30 +15,10 @@ from typing import Sequence
 import numpy as np
 
 from lightning_sft import stats
-from lightning_sft.data import load_examples, tokenize_row
+from lightning_sft.data import load_examples, read_rows, tokenize_row
 from lightning_sft.models import load_tokenizer
 from lightning_sft.score import add_model_arguments, load_scoring_model, run_command, score_examples
 from lightning_sft.storage import atomic_write_text
-
-
-def read_jsonl_lines(path: Path) -> list[tuple[int, str, dict]]:
-    """(line number, line as written, parsed object) for each non-blank line of a JSONL file."""
-    rows = []
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} row {number} is not valid JSON ({error}); each line must be one JSON object")
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} row {number} is a {type(row).__name__}, not a JSON object")
-            rows.append((number, line, row))
-    if not rows:
-        raise ValueError(f"{path} has no rows; pass a JSONL file with one example per line")
-    return rows
 
 
 def select_command(
@@ -59,24 +38,24 @@ def select_command(
 
     Scores the target set and each pool row with the model at `model_path` (`score.load_scoring_model`,
     tokenizer from the same source), ranks pool rows with `stats.select_by_pattern` and writes the chosen
-    rows, best first, to `out` exactly as they are in the pool (JSONL). Pool rows without a supervised
+    rows, best first, to `out` as JSONL, each exactly as read (`data.Rows.as_json`). Pool rows without a supervised
     token within `max_length` cannot be scored and are not candidates. Returns what to print.
     """
     if k < 1:
         raise ValueError(f"--k {k}; pass the number of pool rows to select (>= 1)")
-    rows = read_jsonl_lines(pool)
+    rows = read_rows(pool)
     tokenizer = load_tokenizer(model_path)
     # The target first: it checks --format, --adapter and --max-length before the pool loop relies on them.
     target_examples = load_examples(target, tokenizer, format=format, adapter=adapter, max_length=max_length)
     candidates, candidate_lines = [], []
-    for number, line, row in rows:
+    for position, (place, row) in enumerate(zip(rows.places, rows)):
         try:
             example = tokenize_row(row, tokenizer, format=format, adapter=adapter, max_length=max_length)
-        except (ValueError, KeyError, TypeError) as error:  # TypeError: e.g. a number where text belongs
-            raise ValueError(f"{pool} row {number} cannot be formatted: {error}") from error
+        except (ValueError, KeyError, TypeError) as error:  # TypeError: e.g. a list where text belongs
+            raise ValueError(f"{place}: cannot be formatted: {error}") from error
         if example is not None:  # rows without a supervised token within max_length cannot be scored
             candidates.append(example)
-            candidate_lines.append(line)
+            candidate_lines.append(rows.as_json(position))
     skipped = len(rows) - len(candidates)
     if k > len(candidates):
         raise ValueError(
@@ -108,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Scenario 2: pool rows whose pattern best matches the target's.")
     add_model_arguments(parser)
     parser.add_argument("--target", required=True, help="target set (any format lightning_sft.data reads)")
-    parser.add_argument("--pool", type=Path, required=True, help="JSONL pool to select from")
+    parser.add_argument("--pool", type=Path, required=True, help="pool to select from (.jsonl/.json/.parquet/.csv)")
     parser.add_argument("--k", type=int, required=True, help="rows to select")
     parser.add_argument("--out", type=Path, required=True, help="JSONL file for the chosen rows, best first")
     return parser

@@ -62,12 +62,12 @@ def test_select_refuses_malformed_pool_rows(model_dir, capsys, tmp_path):
     pool.write_text("\n".join([good[0], good[1], '{"prompt": "unterminated', good[2]]) + "\n")
     status, _, error = _select(capsys, "--model", model_dir, "--target", target, "--pool", pool, "--k", 1,
                                "--out", tmp_path / "chosen.jsonl")
-    assert status == 1 and f"{pool} row 3 is not valid JSON" in error
+    assert status == 1 and f"{pool}:3: Unterminated string" in error
 
     pool.write_text("\n".join([good[0], json.dumps({"question": "no response field"}), good[2]]) + "\n")
     status, _, error = _select(capsys, "--model", model_dir, "--target", target, "--pool", pool, "--k", 1,
                                "--out", tmp_path / "chosen.jsonl")
-    assert status == 1 and f"{pool} row 2 cannot be formatted: " in error and "the row has ['question']" in error
+    assert status == 1 and f"{pool}:2: cannot be formatted: " in error and "the row has ['question']" in error
 
     pool.write_text("\n".join([good[0], good[1]]) + "\n")
     status, _, error = _select(capsys, "--model", model_dir, "--target", target, "--pool", pool, "--k", 3,
