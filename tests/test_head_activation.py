@@ -180,8 +180,8 @@ def test_two_instances_keep_their_own_state(tmp_path, probes, tokenizer):
     assert frequent.done_steps == [0, 1, 2, 3] and rare.done_steps == [0, 3]
     saved = load_patterns(Path(trainer.log_dir) / "head_patterns")
     assert sorted(saved["doubling"]) == [0, 1, 2, 3] and sorted(saved["big"]) == [0, 3]
-    assert rare.state_dict()["done_steps"] == [0, 3]
-    assert set(frequent.state_dict()["base_patterns"]) == {"doubling"}
+    assert rare.checkpoint_state()["done_steps"] == [0, 3]
+    assert set(frequent.checkpoint_state()["base_patterns"]) == {"doubling"}
 
 
 def test_two_instances_writing_the_same_probe_to_one_place_is_an_error(tmp_path, probes, tokenizer):
