@@ -110,15 +110,23 @@ def test_zero_fit_resume_export_and_probes(tmp_path, stage):
         assert torch.equal(tensor, expected[name]), name
 
     # the callback: probes sharded over both ranks equal one process's scoring of the base model
+    # the resumed part goes on writing into the first part's patterns directory, which holds step 0
     whole_patterns = load_patterns(whole_run / "head_patterns")["times3"]
-    resumed_patterns = load_patterns(resumed_run / "head_patterns")["times3"]
-    assert sorted(whole_patterns) == [0, 3, 6] and sorted(resumed_patterns) == [6]
-    torch.testing.assert_close(resumed_patterns[6], whole_patterns[6], rtol=1e-6, atol=0)
+    assert not (resumed_run / "head_patterns").exists()
+    resumed_patterns = load_patterns(halves / "lightning_logs" / "version_0" / "head_patterns")["times3"]
+    assert sorted(whole_patterns) == sorted(resumed_patterns) == [0, 3, 6]
+    for step in whole_patterns:
+        torch.testing.assert_close(resumed_patterns[step], whole_patterns[step], rtol=1e-6, atol=0)
     examples = load_examples(str(inputs[2]), byte_tokenizer())
     batches = [collate(examples[i:i + 2], 0) for i in range(0, len(examples), 2)]
-    torch.testing.assert_close(whole_patterns[0], activation_pattern(pretrained.eval(), batches), rtol=2e-2, atol=1e-6)
+    reference0 = activation_pattern(pretrained.eval(), batches)
     reloaded.eval()
-    torch.testing.assert_close(whole_patterns[6], activation_pattern(reloaded, batches), rtol=2e-2, atol=1e-6)
+    reference6 = activation_pattern(reloaded, batches)
+    print("DEVIATION", stage, pretrained.dtype, torch.get_num_threads(),
+          float(((whole_patterns[0] - reference0).abs() / reference0.abs()).max()),
+          float(((whole_patterns[6] - reference6).abs() / reference6.abs()).max()))
+    torch.testing.assert_close(whole_patterns[0], reference0, rtol=2e-2, atol=1e-6)
+    torch.testing.assert_close(whole_patterns[6], reference6, rtol=2e-2, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -142,5 +150,9 @@ def test_ddp_and_zero_offload_fit_with_probes(tmp_path, strategy):
     patterns = load_patterns(run / "head_patterns")["times3"]
     examples = load_examples(str(inputs[2]), byte_tokenizer())
     batches = [collate(examples[i:i + 2], 0) for i in range(0, len(examples), 2)]
-    torch.testing.assert_close(patterns[0], activation_pattern(pretrained, batches), rtol=2e-2, atol=1e-6)
-    torch.testing.assert_close(patterns[2], activation_pattern(exported, batches), rtol=2e-2, atol=1e-6)
+    reference0, reference2 = activation_pattern(pretrained, batches), activation_pattern(exported, batches)
+    print("DEVIATION", strategy, pretrained.dtype, torch.get_num_threads(),
+          float(((patterns[0] - reference0).abs() / reference0.abs()).max()),
+          float(((patterns[2] - reference2).abs() / reference2.abs()).max()))
+    torch.testing.assert_close(patterns[0], reference0, rtol=2e-2, atol=1e-6)
+    torch.testing.assert_close(patterns[2], reference2, rtol=2e-2, atol=1e-6)
