@@ -4,17 +4,23 @@ At each scheduled step the callback scores every probe set with `lightning_sft.p
 (mean over examples of sum_ij |A_ij * dL/dA_ij| per head, a [num_layers, num_heads] pattern) and logs
 
     head_activation/<probe>/{gini,cv,kurtosis,mean}   concentration (kurtosis: Pearson's, not excess)
-    head_drift/<probe>/{pearson,mse}                   against the pattern at step 0 (the base model)
+    head_drift/<probe>/{pearson,mse}                   against the pattern at step 0 (the base model; step 0
+                                                       is always probed, whatever the schedule)
     head_probe/<probe>/{loss,seconds}                  mean probe loss (nats/token), wall time of the probe
     head_similarity/<a>/<b>                            correlation of the two probes' pattern changes
     images: head_activation/<probe>/{pattern,change}, head_similarity/change_correlation
     histograms: head_activation/<probe>/scores
 
 and saves every pattern with `lightning_sft.storage.save_pattern` (read back with `load_patterns`).
+
+One run keeps one patterns directory: a run resumed with `ckpt_path` restores the directory, its run id and
+the base patterns from the checkpoint and goes on writing there (not into the new `<log_dir>`), so the
+directory holds step 0 and every later step. A fresh run refuses a directory that already holds patterns.
 """
 
-import re
+import math
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,10 +40,9 @@ from lightning_sft import stats
 from lightning_sft.data import collate_batches, load_examples
 from lightning_sft.patterns import score_heads
 from lightning_sft.plots import correlation_heatmap, pattern_heatmap
-from lightning_sft.storage import save_pattern
+from lightning_sft.storage import INDEX_NAME, check_probe_name, load_index, save_pattern
 
 ProbeSource = str | dict[str, Any] | list[dict[str, list[int]]]
-SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 class HeadActivationCallback(Callback):
@@ -47,18 +52,20 @@ class HeadActivationCallback(Callback):
         probes: probe name -> a JSONL/JSON/Parquet/CSV file (formatted like training data), a dict of
             `datasets.load_dataset` arguments, or a list of pre-tokenized examples
             `{"input_ids": [...], "labels": [...]}` (labels -100 where not supervised).
-        steps: explicit optimizer steps to probe at (0 = the base model, before any update).
+        steps: explicit optimizer steps to probe at. Step 0 (the base model, before any update) is probed
+            whatever the schedule: drift and similarity are measured from it.
         every_n_steps: probe at 0, n, 2n, ... (instead of `steps`).
             With neither, log-spaced: 0, 1, 2, 4, 8, ... (patterns move fastest early).
         probe_at_end: also probe after the last optimizer step, so "after SFT" is always measured.
-        save_dir: where patterns are saved; default `<trainer.log_dir>/head_patterns`.
+        save_dir: where patterns are saved; default `<trainer.log_dir>/head_patterns` of the run's first
+            fit (a resumed fit keeps writing there). A fresh run refuses a directory holding patterns.
         max_examples: examples used per probe set (the first ones).
         batch_size: probe examples scored per forward/backward pass, per process.
         max_length: truncation length in tokens for file/dataset probes.
         adapters: probe name -> an adapter of `lightning_sft.adapters.ADAPTERS` (e.g. {"gsm8k": "gsm8k"}).
         tokenizer: id/directory for file probes; default the LightningModule's `tokenizer` attribute.
-        model_attribute: the LightningModule attribute holding the transformers model; default: the
-            one attribute that is a `PreTrainedModel`.
+        model_attribute: the LightningModule attribute holding the transformers model, dotted when nested
+            ("backbone.model"); default: the one direct attribute that is a `PreTrainedModel`.
         log_images: heatmap images of each pattern and its change.
         log_histograms: histograms of the head scores.
         per_example: also save each example's [num_layers, num_heads] pattern and loss.
@@ -85,11 +92,7 @@ class HeadActivationCallback(Callback):
             raise ValueError("HeadActivationCallback needs at least one probe set: probes={name: path, ...}.")
         folded: dict[str, str] = {}
         for name in probes:
-            if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
-                raise ValueError(
-                    f"probe name {name!r} is not safe for file names and TensorBoard tags; "
-                    "use letters, digits, '_', '.' and '-' only, not starting with '.' or '-'."
-                )
+            check_probe_name(name)
             if name.lower() in folded:
                 raise ValueError(f"probe names {folded[name.lower()]!r} and {name!r} collide (case-insensitively).")
             folded[name.lower()] = name
@@ -97,6 +100,11 @@ class HeadActivationCallback(Callback):
         if batch_size < 1 or (max_examples is not None and max_examples < 1) or max_length < 2:
             raise ValueError(
                 f"batch_size={batch_size} and max_examples={max_examples} must be >= 1, max_length={max_length} >= 2."
+            )
+        if model_attribute is not None and not all(part.isidentifier() for part in model_attribute.split(".")):
+            raise ValueError(
+                f"model_attribute={model_attribute!r} is not an attribute path; name the LightningModule attribute "
+                "holding the model, dotted when nested, e.g. 'model' or 'backbone.model'."
             )
         unknown = set(adapters or {}) - set(probes)
         if unknown:
@@ -117,41 +125,39 @@ class HeadActivationCallback(Callback):
         self.per_example = per_example
         self.base_patterns: dict[str, torch.Tensor] = {}
         self.done_steps: list[int] = []
+        self.run_id: str | None = None  # names the run in the patterns index; restored on resume
         self._batches: dict[str, list[dict[str, torch.Tensor]]] = {}
         self._resolved_save_dir: Path | None = None
+        self._restored_save_dir: Path | None = None
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(
-            probes=sorted(self.probes), steps=self.steps, every_n_steps=self.every_n_steps, save_dir=self.save_dir
-        )
+        # Neither the schedule nor save_dir is in the key: the base pattern belongs to the run, so a resume
+        # with another schedule (or a moved patterns directory) restores it.
+        return self._generate_state_key(probes=sorted(self.probes))
 
     def is_scheduled(self, step: int) -> bool:
-        """Whether optimizer step `step` (0 = before any update) is on the schedule."""
-        return self.schedule.is_due(step)
+        """Whether optimizer step `step` (0 = before any update, always probed) is on the schedule."""
+        return step == 0 or self.schedule.is_due(step)
 
     @override
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # trainer.log_dir: collective, all ranks
-        self._resolved_save_dir = Path(self.save_dir) if self.save_dir else log_dir / "head_patterns"
+        self._resolved_save_dir = (Path(self.save_dir) if self.save_dir else log_dir / "head_patterns").absolute()
         for other in trainer.callbacks:
             if other is self or not isinstance(other, HeadActivationCallback):
                 continue
-            if other._resolved_save_dir == self._resolved_save_dir:
-                shared = sorted(set(other.probes) & set(self.probes))
-                if shared:
-                    raise ValueError(
-                        f"two HeadActivationCallbacks write probes {shared} to {self._resolved_save_dir}; "
-                        "give them different probe names or different save_dir."
-                    )
-        if self.steps is not None and trainer.max_steps > 0 and self.steps[-1] > trainer.max_steps:
-            rank_zero_warn(
-                f"HeadActivationCallback steps {[s for s in self.steps if s > trainer.max_steps]} are beyond "
-                f"trainer.max_steps={trainer.max_steps} and will never be probed."
-            )
+            shared = sorted(set(other.probes) & set(self.probes))
+            if other.state_key == self.state_key or (shared and other._resolved_save_dir == self._resolved_save_dir):
+                raise ValueError(
+                    f"two HeadActivationCallbacks probe {shared} (into {other._resolved_save_dir} and "
+                    f"{self._resolved_save_dir}): their patterns or checkpoint states (keyed by the probe names) "
+                    "would overwrite each other. Merge them into one callback, or give one of them other probe "
+                    "names (and its own save_dir if it shares one)."
+                )
         if not trainer.loggers:
             rank_zero_warn(f"HeadActivationCallback: no logger; patterns are still saved to {self._resolved_save_dir}.")
         tokenizer = self._find_tokenizer(pl_module)
@@ -189,11 +195,18 @@ class HeadActivationCallback(Callback):
 
     def _find_model(self, pl_module: "L.LightningModule") -> PreTrainedModel:
         if self.model_attribute is not None:
-            model = getattr(pl_module, self.model_attribute, None)
+            model, path = pl_module, type(pl_module).__name__
+            for part in self.model_attribute.split("."):
+                if not hasattr(model, part):
+                    raise ValueError(
+                        f"{path} ({type(model).__name__}) has no attribute {part!r}; model_attribute="
+                        f"{self.model_attribute!r} must name the attribute path to the transformers model."
+                    )
+                model, path = getattr(model, part), f"{path}.{part}"
             if not isinstance(model, PreTrainedModel):
                 raise ValueError(
-                    f"{type(pl_module).__name__}.{self.model_attribute} is {type(model).__name__}, "
-                    "not a transformers PreTrainedModel; name the attribute that holds it."
+                    f"{path} is {type(model).__name__}, not a transformers PreTrainedModel; "
+                    "name the attribute that holds it with model_attribute=."
                 )
             return model
         found = {name: child for name, child in pl_module.named_children() if isinstance(child, PreTrainedModel)}
@@ -206,7 +219,60 @@ class HeadActivationCallback(Callback):
 
     @override
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        # Here, not in setup: a checkpoint is restored after setup (under DeepSpeed after on_fit_start).
+        self._open_store(trainer)
+        last_step = trainer.estimated_stepping_batches  # max_steps, or max_epochs x optimizer steps per epoch
+        if self.steps is not None and math.isfinite(last_step) and self.steps[-1] > last_step:
+            rank_zero_warn(
+                f"HeadActivationCallback steps {[s for s in self.steps if s > last_step]} are beyond the last "
+                f"step of this run, {int(last_step)} (trainer.max_steps={trainer.max_steps}, "
+                f"max_epochs={trainer.max_epochs}), and will never be probed."
+            )
         self._probe_if_due(trainer, pl_module)
+
+    def _open_store(self, trainer: "L.Trainer") -> None:
+        """Fixes the run id and patterns directory (restored ones on resume) and checks, on rank 0 for all
+        ranks, that the directory holds this run's patterns and no other's."""
+        step = trainer.global_step
+        if self.run_id is None:
+            if step > 0:
+                raise ValueError(
+                    f"HeadActivationCallback (probes {sorted(self.probes)}): resuming at step {step} from a "
+                    "checkpoint that holds no state of this callback, so the base model's pattern (step 0), "
+                    "which drift is measured from, is unknown. Resume with the callback's probe names as when the "
+                    "checkpoint was written, or start the run from step 0."
+                )
+            # one run id per fit: callbacks of one trainer may share a directory
+            siblings = [other.run_id for other in trainer.callbacks
+                        if isinstance(other, HeadActivationCallback) and other.run_id is not None]
+            self.run_id = siblings[0] if siblings else trainer.strategy.broadcast(uuid.uuid4().hex, src=0)
+        elif self.save_dir is None and self._restored_save_dir is not None:
+            self._resolved_save_dir = self._restored_save_dir
+        problem = self._store_problem() if trainer.is_global_zero else None
+        problem = trainer.strategy.broadcast(problem, src=0)
+        if problem is not None:
+            raise ValueError(problem)
+
+    def _store_problem(self) -> str | None:
+        """Why the patterns directory cannot take this run's patterns, or None when it can."""
+        directory = self._resolved_save_dir
+        if not (directory / INDEX_NAME).is_file():
+            if not self.done_steps:
+                return None
+            return (
+                f"HeadActivationCallback: {directory} holds no patterns, but this run (run id {self.run_id}) probed "
+                f"steps {self.done_steps} into it before the checkpoint; pass save_dir= the directory holding them."
+            )
+        try:
+            recorded = load_index(directory).get("run_id")
+        except ValueError as error:
+            return f"HeadActivationCallback: {error}"
+        if recorded == self.run_id:
+            return None
+        return (
+            f"HeadActivationCallback: {directory} already holds the patterns of another run (run id {recorded}); "
+            f"this run (run id {self.run_id}) would mix with them. Pass a new save_dir, or remove that directory."
+        )
 
     @override
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", *args: Any) -> None:
@@ -233,8 +299,13 @@ class HeadActivationCallback(Callback):
             scores = score_heads(model, [{k: v.to(pl_module.device) for k, v in b.items()} for b in batches])
             seconds = time.perf_counter() - started
             pattern = scores.pattern.cpu()
-            if step == 0 or name not in self.base_patterns:
-                self.base_patterns.setdefault(name, pattern)
+            if not (torch.isfinite(pattern).all() and torch.isfinite(scores.losses).all()):
+                raise FloatingPointError(
+                    f"HeadActivationCallback: probe {name!r} at step {step}: the model has diverged (probe loss "
+                    f"{float(scores.losses.mean())}, {int((~torch.isfinite(pattern)).sum())} of {pattern.numel()} "
+                    "head scores not finite). Lower the learning rate or resume from an earlier checkpoint."
+                )
+            self.base_patterns.setdefault(name, pattern)  # step 0 comes first, or is restored
             patterns[name] = pattern
             probe_metrics = self._probe_metrics(name, pattern, self.base_patterns[name], scores.losses, seconds)
             metrics.update(probe_metrics)
@@ -245,6 +316,7 @@ class HeadActivationCallback(Callback):
                     losses=scores.losses.cpu() if self.per_example else None,
                     metrics={tag.replace(f"/{name}/", "/"): value for tag, value in probe_metrics.items()},
                     model={"name_or_path": model.config.name_or_path, "class": type(model).__name__},
+                    run_id=self.run_id,
                 )
         changes = {name: (patterns[name] - self.base_patterns[name]).numpy() for name in patterns}
         correlation = None
@@ -300,14 +372,24 @@ class HeadActivationCallback(Callback):
                             correlation_heatmap(*correlation, f"correlation of pattern changes, step {step}"), step)
             writer.flush()
 
+    # The state goes into the checkpoint from on_save_checkpoint, not by overriding `state_dict`: Lightning
+    # checks at Trainer construction that callbacks overriding `state_dict` have distinct state keys, with a
+    # generic message; two callbacks with the same key get setup's message, which says what to change.
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: base patterns, probed steps, run id and patterns directory."""
+        return {"base_patterns": dict(self.base_patterns), "done_steps": list(self.done_steps),
+                "run_id": self.run_id, "save_dir": str(self._resolved_save_dir)}
+
     @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"base_patterns": dict(self.base_patterns), "done_steps": list(self.done_steps)}
+    def on_save_checkpoint(self, trainer: "L.Trainer", pl_module: "L.LightningModule", checkpoint: dict) -> None:
+        checkpoint["callbacks"][self.state_key] = self.checkpoint_state()
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.base_patterns = dict(state_dict["base_patterns"])
         self.done_steps = list(state_dict["done_steps"])
+        self.run_id = state_dict["run_id"]
+        self._restored_save_dir = Path(state_dict["save_dir"])
 
 
 def _checked_example(index: int, row: Any) -> dict[str, list[int]]:

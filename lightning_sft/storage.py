@@ -8,7 +8,10 @@ Layout of a patterns directory (the callback writes `<log_dir>/head_patterns`):
 
 index.json = {"format_version": 1, "num_layers": L, "num_heads": H,
               "probes": {probe: {"steps": [sorted ints], "metrics": {step: {name: float}}}},
-              "model": {...}  (only when given)}
+              "model": {...}  (only when given), "run_id": str  (only when given)}
+
+A directory holds the patterns of one run: once its index records a `run_id`, saving with another one is
+refused, so two runs never mix in one directory.
 
 Every file is written atomically (temp file in the same directory, then `os.replace`), so a crash leaves
 either the old file or the new one, never a torn one. A pattern file is written before the index lists it.
@@ -23,12 +26,23 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
-PROBE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+PROBE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def check_probe_name(name: object) -> str:
+    """`name` if it is a valid probe name, safe as a file name, a TensorBoard tag and a CLI argument: letters,
+    digits, '_', '.' and '-', not starting with '.' or '-'. Raises ValueError naming it otherwise."""
+    if not isinstance(name, str) or not PROBE_NAME.fullmatch(name):
+        raise ValueError(
+            f"probe name {name!r} is not safe for file names and TensorBoard tags; "
+            "use letters, digits, '_', '.' and '-' only, not starting with '.' or '-'"
+        )
+    return name
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -93,13 +107,26 @@ def load_index(save_dir: str | Path) -> dict[str, Any]:
             f"no patterns in {save_dir}: expected {path}, written by storage.save_pattern "
             "(HeadActivationCallback writes it under <log_dir>/head_patterns)"
         )
-    index = json.loads(path.read_text(encoding="utf-8"))
-    if index.get("format_version") != FORMAT_VERSION:
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not valid JSON ({error}); the patterns index is corrupt") from error
+    if not isinstance(index, dict) or index.get("format_version") != FORMAT_VERSION:
+        version = index.get("format_version") if isinstance(index, dict) else None
         raise ValueError(
-            f"{path} has format_version {index.get('format_version')!r}; this version of lightning-sft "
+            f"{path} has format_version {version!r}; this version of lightning-sft "
             f"reads format_version {FORMAT_VERSION}"
         )
-    for entry in index["probes"].values():
+    probes = index.get("probes")
+    if not isinstance(probes, dict) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("steps"), list) and isinstance(entry.get("metrics"), dict)
+        for entry in probes.values()
+    ):
+        raise ValueError(
+            f"{path}: 'probes' is {json.dumps(probes)[:80]}; expected {{probe: {{\"steps\": [...], "
+            "\"metrics\": {...}}}, as storage.save_pattern writes it; the patterns index is corrupt"
+        )
+    for entry in probes.values():
         entry["metrics"] = {int(step): values for step, values in entry["metrics"].items()}
     return index
 
@@ -119,16 +146,15 @@ def save_pattern(
     losses: torch.Tensor | np.ndarray | None = None,
     metrics: Mapping[str, float] | None = None,
     model: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> Path:
     """Save one probe's pattern [L, H] at one optimizer step and record it (and `metrics`) in the index.
 
     `model` describes the base model (e.g. {"name_or_path": ..., "class": ...}); it is stored in the index
-    and must not change within a directory. Saving a step again replaces it. Returns the pattern file.
+    and must not change within a directory. `run_id` names the run the directory belongs to: saving with a
+    `run_id` other than the recorded one is refused. Saving a step again replaces it. Returns the pattern file.
     """
-    if not PROBE_NAME.fullmatch(probe) or probe.startswith("."):
-        raise ValueError(
-            f"probe name {probe!r} is not allowed; use letters, digits, '_', '.', '-' and do not start with '.'"
-        )
+    check_probe_name(probe)
     if not isinstance(step, (int, np.integer)) or step < 0:
         raise ValueError(f"step={step!r}; pass the optimizer step as an int >= 0")
     step = int(step)
@@ -157,6 +183,13 @@ def save_pattern(
                 "save patterns of a different model to another directory"
             )
         index["model"] = model
+    if run_id is not None:
+        if index.get("run_id", run_id) != run_id:
+            raise ValueError(
+                f"{save_dir} holds the patterns of run {index['run_id']}, not of this run ({run_id}); "
+                "save each run's patterns to its own directory"
+            )
+        index["run_id"] = run_id
 
     path = pattern_path(save_dir, probe, step)
     metadata = {"format_version": str(FORMAT_VERSION), "probe": probe, "step": str(step)}
@@ -172,7 +205,14 @@ def save_pattern(
 
 def load_pattern_file(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of one pattern or scores file: `pattern` and, when saved, `per_example` and `losses`."""
-    return load_file(Path(path))
+    try:
+        return load_file(Path(path))
+    except SafetensorError as error:
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: str | Path, error: Exception) -> ValueError:
+    return ValueError(f"{path} is not a readable safetensors file ({error}); it is truncated or corrupt")
 
 
 def load_patterns(save_dir: str | Path) -> dict[str, dict[int, torch.Tensor]]:
@@ -188,8 +228,11 @@ def load_patterns(save_dir: str | Path) -> dict[str, dict[int, torch.Tensor]]:
             path = pattern_path(save_dir, probe, step)
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is listed in the index but missing; the directory is incomplete")
-            with safe_open(path, framework="pt") as file:
-                pattern = file.get_tensor("pattern")
+            try:
+                with safe_open(path, framework="pt") as file:
+                    pattern = file.get_tensor("pattern")
+            except SafetensorError as error:
+                raise _unreadable(path, error) from error
             if tuple(pattern.shape) != expected:
                 raise ValueError(f"{path} holds a pattern of shape {tuple(pattern.shape)}, the index says {expected}")
             patterns[probe][step] = pattern

@@ -293,6 +293,45 @@ def test_run_discovery_and_bad_runs(runs, capsys, tmp_path):
     assert "probe 'arc' has a pattern at step 0 only" in error
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("index_not_json", "index.json is not valid JSON"),
+    ("index_probes_list", "index.json: 'probes' is []"),
+    ("truncated_pattern", "step_00000003.safetensors is not a readable safetensors file"),
+])
+def test_damaged_newest_run_is_an_error_naming_the_file(capsys, tmp_path, damage, message):
+    """Never fall back to an older run, and never a raw traceback: exit 1 with the damaged file named."""
+    for version in ("version_0", "version_1"):
+        for step in (0, 3):
+            save_pattern(tmp_path / "logs" / version / "head_patterns", "arc", step, torch.rand(2, 4))
+    os.utime(tmp_path / "logs" / "version_0" / "head_patterns" / "index.json", (0, 0))  # the older run
+    newest = tmp_path / "logs" / "version_1" / "head_patterns"
+    if damage == "index_not_json":
+        (newest / "index.json").write_text((newest / "index.json").read_text()[:40])
+    elif damage == "index_probes_list":
+        index = json.loads((newest / "index.json").read_text())
+        (newest / "index.json").write_text(json.dumps({**index, "probes": []}))
+    else:
+        path = newest / "arc" / "step_00000003.safetensors"
+        path.write_bytes(path.read_bytes()[:-3])
+    error = _fails(capsys, "stats", tmp_path / "logs")
+    assert message in error and str(newest) in error
+    assert "Traceback" not in error
+
+
+def test_probe_without_base_step_is_refused(capsys, tmp_path):
+    """A directory whose earliest step is not 0 (the second part of a resumed run of an older version) would be
+    analysed against a fine-tuned model taken for the base: refused, naming the probe, the step and the folder."""
+    directory = tmp_path / "version_1" / "head_patterns"
+    for step in (16, 32):
+        save_pattern(directory, "arc", step, torch.rand(2, 4))
+    for command in (["stats"], ["similarity", "--out", tmp_path / "out"], ["drift", "--out", tmp_path / "out"]):
+        if command[0] == "similarity":
+            save_pattern(directory, "mmlu", 16, torch.rand(2, 4))
+            save_pattern(directory, "mmlu", 32, torch.rand(2, 4))
+        error = _fails(capsys, command[0], directory, *command[1:])
+        assert f"probe 'arc' has no pattern at step 0 (the base model); its earliest is step 16 in {directory}" in error
+
+
 def test_unknown_probe_names(runs, capsys, tmp_path):
     root, _ = runs
     run = root / "gsm8k_task/version_0"

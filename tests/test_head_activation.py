@@ -16,9 +16,12 @@ from transformers import LlamaForCausalLM
 
 import callbacks.head_activation as head_activation
 from callbacks import HeadActivationCallback
-from lightning_sft.data import collate, load_examples
+from lightning_sft import stats
+from lightning_sft.analysis.runs import load_runs
+from lightning_sft.data import SFTDataModule, collate, collate_batches, load_examples
+from lightning_sft.module import SFTModule
 from lightning_sft.patterns import activation_pattern, score_heads
-from lightning_sft.storage import load_index, load_patterns
+from lightning_sft.storage import load_index, load_pattern_file, load_patterns, pattern_path
 from lightning_sft.tokenizer import byte_tokenizer
 from tests.conftest import tiny_llama_config
 
@@ -117,6 +120,57 @@ def test_fit_in_hand_written_module_logs_and_saves(tmp_path, probes, tokenizer):
     index = load_index(save_dir)
     assert index["probes"]["doubling"]["metrics"][5]["head_activation/gini"] == pytest.approx(gini_logged, rel=1e-6)
 
+    # head_similarity/<a>/<b>: Pearson correlation of the two probes' changes since step 0, flattened.
+    tag = next(tag for tag in tags["scalars"] if tag.startswith("head_similarity/") and "doubling" in tag
+               and "big" in tag)
+    changes = [(patterns[name][5] - patterns[name][0]).double().numpy().ravel() for name in ("doubling", "big")]
+    expected = float(np.corrcoef(*changes)[0, 1])
+    assert [e.step for e in events.Scalars(tag)] == [1, 2, 4, 5]
+    assert events.Scalars(tag)[-1].value == pytest.approx(expected, rel=1e-5)
+    names, matrix = stats.change_correlation({name: change for name, change in zip(("doubling", "big"), changes)})
+    assert matrix[0, 1] == pytest.approx(expected, rel=1e-9)
+
+
+class LossRecorder(L.Callback):
+    """Records the training loss of every batch (listed before the callback under test)."""
+
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].detach().clone())
+
+
+def test_callback_does_not_change_training_with_dropout_bf16_shuffling_and_schedule(tmp_path, probes):
+    """Where probing could leak into training: dropout (RNG draws, train/eval mode), bf16-true, a shuffling
+    SFTDataModule and a warmup + cosine learning rate. Every step's loss and the final weights must be equal
+    bit for bit with and without the callback."""
+    rows = "".join(json.dumps({"prompt": f"{i}+{i}=", "response": str(2 * i)}) + "\n" for i in range(40))
+    (tmp_path / "train.jsonl").write_text(rows)
+    config = {"model_type": "llama", **tiny_llama_config(attention_dropout=0.3).to_diff_dict()}
+    results = []
+    for with_callback in (False, True):
+        L.seed_everything(7)
+        module = SFTModule(config=config, tokenizer="byte", dtype="bfloat16", learning_rate=3e-3, warmup_steps=2,
+                           lr_schedule="cosine", export_dir=None)
+        data = SFTDataModule(str(tmp_path / "train.jsonl"), batch_size=4, val_fraction=0.0, seed=1,
+                             max_length=32)
+        recorder = LossRecorder()
+        callbacks = [recorder] + ([HeadActivationCallback(probes, every_n_steps=1, batch_size=2,
+                                                          save_dir=str(tmp_path / "patterns"))]
+                                  if with_callback else [])
+        trainer = make_trainer(tmp_path / str(with_callback), callbacks, max_steps=6, logger=False,
+                               precision="bf16-true", limit_val_batches=0)
+        trainer.fit(module, data)
+        results.append((recorder.losses, module.model.state_dict()))
+    (losses, weights), (probed_losses, probed_weights) = results
+    assert len(losses) == 6
+    assert len(set(map(float, losses))) > 1
+    assert [float(loss) for loss in probed_losses] == [float(loss) for loss in losses]
+    for name, tensor in weights.items():
+        assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, probed_weights[name]), name
+    assert sorted(load_patterns(tmp_path / "patterns")["doubling"]) == list(range(7))
+
 
 def test_callback_does_not_change_training(tmp_path, probes, tokenizer):
     weights = []
@@ -171,6 +225,141 @@ def test_resume_keeps_base_pattern_and_probes_no_step_twice(tmp_path, probes, to
         torch.testing.assert_close(resumed[step], uninterrupted[step], rtol=1e-5, atol=0)
 
 
+def test_resumed_run_keeps_one_store_and_analyses_like_the_uninterrupted_run(tmp_path, probes, tokenizer):
+    """Resumed with --ckpt_path into a new log version and a changed schedule: the patterns go on into the first
+    version's directory, the base is restored, and the analysis of the run folder gives the numbers of the
+    uninterrupted run."""
+    two = {"doubling": probes["doubling"], "big": probes["big"]}
+
+    def run(directory, max_steps, schedule, ckpt_path=None):
+        L.seed_everything(5)
+        module = HandWrittenModule()
+        callback = HeadActivationCallback(two, log_images=False, **schedule)
+        checkpoint = ModelCheckpoint(dirpath=directory / "ckpt", every_n_train_steps=2, save_top_k=-1)
+        trainer = make_trainer(directory, [callback, checkpoint], max_steps=max_steps,
+                               logger=TensorBoardLogger(directory, name="logs"))
+        trainer.fit(module, train_loader(tokenizer, count=8), ckpt_path=ckpt_path)  # 2 batches an epoch
+        return callback, trainer
+
+    run(tmp_path / "whole", 4, {"every_n_steps": 1})
+    run(tmp_path / "resumed", 2, {"every_n_steps": 1})
+    checkpoint = tmp_path / "resumed" / "ckpt" / "epoch=0-step=2.ckpt"
+    callback, trainer = run(tmp_path / "resumed", 4, {"steps": [3, 4]}, ckpt_path=str(checkpoint))
+    first_store = tmp_path / "resumed" / "logs" / "version_0" / "head_patterns"
+    assert Path(trainer.log_dir).name == "version_1" and not (Path(trainer.log_dir) / "head_patterns").exists()
+    assert callback.done_steps == [0, 1, 2, 3, 4]
+    assert sorted(load_patterns(first_store)["doubling"]) == [0, 1, 2, 3, 4]
+
+    whole, resumed = load_runs([tmp_path / "whole"]), load_runs([tmp_path / "resumed"])
+    assert resumed.sources["big"] == first_store
+    for probe in two:
+        assert resumed.base_and_last(probe)[::2] == (0, 4)
+        np.testing.assert_allclose(resumed.change(probe), whole.change(probe), rtol=1e-5, atol=0)
+    correlation = {run.sources["big"]: stats.change_correlation({p: run.change(p) for p in two})[1][0, 1]
+                   for run in (whole, resumed)}
+    assert len(set(np.round(list(correlation.values()), 6))) == 1, correlation
+    torch.testing.assert_close(callback.base_patterns["big"], load_patterns(first_store)["big"][0])
+
+
+def test_fresh_run_into_a_used_save_dir_is_refused(tmp_path, probes, tokenizer):
+    save_dir = tmp_path / "patterns"
+    first = HeadActivationCallback({"doubling": probes["doubling"]}, save_dir=str(save_dir), log_images=False)
+    make_trainer(tmp_path / "a", [first], max_steps=1).fit(HandWrittenModule(), train_loader(tokenizer))
+    second = HeadActivationCallback({"doubling": probes["doubling"]}, save_dir=str(save_dir), log_images=False)
+    with pytest.raises(ValueError, match=f"{save_dir} already holds the patterns of another run .*{first.run_id}"
+                                         ".*Pass a new save_dir"):
+        make_trainer(tmp_path / "b", [second], max_steps=3).fit(HandWrittenModule(), train_loader(tokenizer))
+    assert load_index(save_dir)["run_id"] == first.run_id
+    assert sorted(load_patterns(save_dir)["doubling"]) == [0, 1]
+
+
+def test_resume_from_a_checkpoint_without_the_callback_is_refused(tmp_path, probes, tokenizer):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    make_trainer(tmp_path, [checkpoint], max_steps=2).fit(HandWrittenModule(), train_loader(tokenizer))
+    callback = HeadActivationCallback({"doubling": probes["doubling"]}, log_images=False)
+    with pytest.raises(ValueError, match=r"resuming at step 2 from a checkpoint that holds no state of this callback"):
+        make_trainer(tmp_path, [callback], max_steps=4).fit(
+            HandWrittenModule(), train_loader(tokenizer), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=2.ckpt"))
+
+
+def test_base_is_probed_when_the_schedule_lacks_step_0(tmp_path, probes, tokenizer):
+    module = HandWrittenModule()
+    base_model = LlamaForCausalLM(tiny_llama_config())
+    base_model.load_state_dict(module.net.state_dict())
+    callback = HeadActivationCallback({"doubling": probes["doubling"]}, steps=[2], probe_at_end=False,
+                                      log_images=False)
+    trainer = make_trainer(tmp_path, [callback], max_steps=2, logger=CSVLogger(tmp_path, name="csv"))
+    trainer.fit(module, train_loader(tokenizer))
+    saved = load_patterns(Path(trainer.log_dir) / "head_patterns")["doubling"]
+    assert sorted(saved) == [0, 2]
+    examples = load_examples(probes["doubling"], tokenizer)
+    torch.testing.assert_close(saved[0], activation_pattern(base_model, [collate(examples, 0)]), rtol=1e-5, atol=0)
+    mse = load_index(Path(trainer.log_dir) / "head_patterns")["probes"]["doubling"]["metrics"][2]["head_drift/mse"]
+    assert mse == pytest.approx(float(((saved[2] - saved[0]) ** 2).mean()), rel=1e-5)
+
+
+def test_nested_model_attribute_and_per_example_scores(tmp_path, probes, tokenizer):
+    """model_attribute names a nested model; per_example=True saves each example's pattern and loss, which
+    must be what score_heads gives for the same model and batches."""
+    module = HandWrittenModule()
+    module.lit = torch.nn.Module()
+    module.lit.backbone = torch.nn.Module()
+    module.lit.backbone.model = module.net
+    del module.net  # not a direct attribute any more
+    module.training_step = lambda batch, batch_idx: module.lit.backbone.model(**batch).loss
+    base_model = LlamaForCausalLM(tiny_llama_config())
+    base_model.load_state_dict(module.lit.backbone.model.state_dict())
+    with pytest.raises(ValueError, match="found 0 transformers models"):
+        HeadActivationCallback(probes)._find_model(module)
+    with pytest.raises(ValueError, match=r"HandWrittenModule.lit.backbone \(Module\) has no attribute 'mdl'"):
+        HeadActivationCallback(probes, model_attribute="lit.backbone.mdl")._find_model(module)
+    with pytest.raises(ValueError, match="not an attribute path"):
+        HeadActivationCallback(probes, model_attribute="lit..model")
+
+    callback = HeadActivationCallback(probes, model_attribute="lit.backbone.model", per_example=True, batch_size=4,
+                                      steps=[0], probe_at_end=False, log_images=False, save_dir=str(tmp_path / "p"))
+    make_trainer(tmp_path, [callback], max_steps=1, logger=False).fit(module, train_loader(tokenizer))
+    for name, source in probes.items():
+        examples = load_examples(source, tokenizer) if isinstance(source, str) else source
+        expected = score_heads(base_model, collate_batches(examples, tokenizer.pad_token_id, 4))
+        saved = load_pattern_file(pattern_path(tmp_path / "p", name, 0))
+        assert saved["per_example"].shape == (len(examples), 2, 4)
+        torch.testing.assert_close(saved["per_example"], expected.per_example, rtol=1e-5, atol=0)
+        torch.testing.assert_close(saved["losses"], expected.losses, rtol=1e-5, atol=0)
+        torch.testing.assert_close(saved["pattern"], saved["per_example"].mean(0), rtol=1e-5, atol=0)
+
+
+class PoisonWeights(L.Callback):
+    """Makes the model diverge after optimizer step 1 (before the callback under test probes it)."""
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        if trainer.global_step == 1:
+            with torch.no_grad():
+                pl_module.net.model.norm.weight.fill_(float("nan"))
+
+
+def test_diverged_model_stops_with_probe_step_and_loss(tmp_path, probes, tokenizer):
+    callback = HeadActivationCallback({"doubling": probes["doubling"]}, every_n_steps=1, log_images=False)
+    trainer = make_trainer(tmp_path, [PoisonWeights(), callback], max_steps=3)
+    with pytest.raises(FloatingPointError, match=r"probe 'doubling' at step 1: the model has diverged "
+                                                 r"\(probe loss nan, 8 of 8 head scores not finite\)"):
+        trainer.fit(HandWrittenModule(), train_loader(tokenizer))
+
+
+def test_two_identical_callbacks_say_what_to_change(tmp_path, probes, tokenizer):
+    first, second = (HeadActivationCallback({"doubling": probes["doubling"]}, every_n_steps=2) for _ in range(2))
+    trainer = make_trainer(tmp_path, [first, second], max_steps=2)  # no generic "state_key must be unique" here
+    with pytest.raises(ValueError, match=r"two HeadActivationCallbacks probe \['doubling'\].*Merge them into one"):
+        trainer.fit(HandWrittenModule(), train_loader(tokenizer))
+
+
+def test_steps_beyond_the_last_epoch_warn(tmp_path, probes, tokenizer):
+    callback = HeadActivationCallback({"doubling": probes["doubling"]}, steps=[0, 2, 50], log_images=False)
+    trainer = make_trainer(tmp_path, [callback], max_steps=-1, max_epochs=1)  # 32 rows / 4 = 8 steps
+    with pytest.warns(UserWarning, match=r"steps \[50\] are beyond the last step of this run, 8 .*max_epochs=1"):
+        trainer.fit(HandWrittenModule(), train_loader(tokenizer))
+
+
 def test_two_instances_keep_their_own_state(tmp_path, probes, tokenizer):
     frequent = HeadActivationCallback({"doubling": probes["doubling"]}, every_n_steps=1, probe_at_end=False)
     rare = HeadActivationCallback({"big": probes["big"]}, steps=[0, 3], probe_at_end=False)
@@ -180,8 +369,8 @@ def test_two_instances_keep_their_own_state(tmp_path, probes, tokenizer):
     assert frequent.done_steps == [0, 1, 2, 3] and rare.done_steps == [0, 3]
     saved = load_patterns(Path(trainer.log_dir) / "head_patterns")
     assert sorted(saved["doubling"]) == [0, 1, 2, 3] and sorted(saved["big"]) == [0, 3]
-    assert rare.state_dict()["done_steps"] == [0, 3]
-    assert set(frequent.state_dict()["base_patterns"]) == {"doubling"}
+    assert rare.checkpoint_state()["done_steps"] == [0, 3]
+    assert set(frequent.checkpoint_state()["base_patterns"]) == {"doubling"}
 
 
 def test_two_instances_writing_the_same_probe_to_one_place_is_an_error(tmp_path, probes, tokenizer):

@@ -75,11 +75,42 @@ def test_written_files_follow_the_umask(tmp_path):
     assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
-@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "../up", "sp ace", "ü"])
+@pytest.mark.parametrize("name", ["", ".hidden", "-lead", "a/b", "../up", "sp ace", "ü"])
 def test_unsafe_probe_names_are_refused(tmp_path, name):
-    with pytest.raises(ValueError, match="is not allowed"):
+    """One rule, in storage, for the callback and the files: a leading '-' reads as a CLI option."""
+    with pytest.raises(ValueError, match="not safe"):
         storage.save_pattern(tmp_path, name, 0, torch.rand(2, 4))
     assert not any(tmp_path.iterdir())
+
+
+def test_another_runs_directory_is_refused(tmp_path):
+    storage.save_pattern(tmp_path, "gsm8k", 0, torch.rand(2, 4), run_id="first")
+    storage.save_pattern(tmp_path, "gsm8k", 1, torch.rand(2, 4), run_id="first")
+    with pytest.raises(ValueError, match=f"{tmp_path} holds the patterns of run first, not of this run \\(second\\)"):
+        storage.save_pattern(tmp_path, "gsm8k", 2, torch.rand(2, 4), run_id="second")
+    assert storage.load_index(tmp_path)["run_id"] == "first"
+    assert sorted(storage.load_patterns(tmp_path)["gsm8k"]) == [0, 1]
+
+
+@pytest.mark.parametrize("index_text, message", [
+    ('{"format_version": 1, "num_layers": 2, "num_he', "is not valid JSON"),
+    ('{"format_version": 1, "num_layers": 2, "num_heads": 4, "probes": []}', "'probes' is \\[\\]"),
+    ('{"format_version": 1, "num_layers": 2, "num_heads": 4, "probes": {"a": 3}}', "'probes' is"),
+])
+def test_corrupt_index_is_an_error_naming_it(tmp_path, index_text, message):
+    storage.save_pattern(tmp_path, "gsm8k", 0, torch.rand(2, 4))
+    (tmp_path / "index.json").write_text(index_text)
+    for read in (storage.load_index, storage.load_patterns):
+        with pytest.raises(ValueError, match=f"{tmp_path / 'index.json'}.*{message}"):
+            read(tmp_path)
+
+
+def test_truncated_pattern_file_is_an_error_naming_it(tmp_path):
+    path = storage.save_pattern(tmp_path, "gsm8k", 0, torch.rand(2, 4))
+    path.write_bytes(path.read_bytes()[:-5])
+    for read in (lambda: storage.load_patterns(tmp_path), lambda: storage.load_pattern_file(path)):
+        with pytest.raises(ValueError, match=f"{path} is not a readable safetensors file .*truncated or corrupt"):
+            read()
 
 
 def test_shape_mismatches_are_refused(tmp_path):

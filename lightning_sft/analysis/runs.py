@@ -1,5 +1,6 @@
 """Finding the patterns directories of runs and merging their probes for analysis."""
 
+import json
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ def find_patterns_dir(run: str | Path) -> Path:
     """The patterns directory of `run`: `run` itself when it holds index.json, else the one below it.
 
     When several are below `run` (e.g. `version_0/head_patterns` and `version_1/head_patterns`), the one
-    whose index was written last is used, and a note on stderr says so.
+    whose index was written last is used, and a note on stderr says so. An index.json that is not JSON, or
+    that is ours (it has "probes") but malformed, is an error naming it: skipping it would analyse another run.
     """
     run = Path(run)
     if not run.is_dir():
@@ -25,10 +27,13 @@ def find_patterns_dir(run: str | Path) -> Path:
     found = []
     for index_path in run.rglob(INDEX_NAME):
         try:
-            if load_index(index_path.parent)["probes"]:
-                found.append(index_path)
-        except (ValueError, KeyError, TypeError, AttributeError):  # another tool's index.json
+            raw = json.loads(index_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ValueError(f"{index_path} is not valid JSON ({error}); the patterns index is corrupt") from error
+        if not isinstance(raw, dict) or "probes" not in raw:  # another tool's index.json
             continue
+        if load_index(index_path.parent)["probes"]:
+            found.append(index_path)
     if not found:
         raise FileNotFoundError(
             f"no patterns under {run}: expected a directory holding {INDEX_NAME} (HeadActivationCallback writes "
@@ -54,10 +59,12 @@ def _labels(runs: Sequence[str | Path]) -> list[str]:
 
 @dataclass(frozen=True)
 class Patterns:
-    """Patterns of one model merged over runs: `probes` = {probe: {step: float64 [L, H]}}, steps ascending."""
+    """Patterns of one model merged over runs: `probes` = {probe: {step: float64 [L, H]}}, steps ascending;
+    `sources` = {probe: the patterns directory it was read from}."""
 
     probes: dict[str, dict[int, np.ndarray]]
     shape: tuple[int, int]
+    sources: dict[str, Path]
 
     def require(self, names: Sequence[str], what: str) -> None:
         """Raise if a name in `names` is not a probe here, listing the probes there are."""
@@ -68,7 +75,11 @@ class Patterns:
             )
 
     def base_and_last(self, probe: str) -> tuple[int, np.ndarray, int, np.ndarray]:
-        """(base step, base pattern, last step, last pattern): the earliest step (0 = the base model) and the last."""
+        """(0, base pattern, last step, last pattern): the base model's pattern (step 0) and the last one.
+
+        A probe without step 0 is refused rather than measured from its earliest step: changes from a
+        fine-tuned model would look like changes from the base model, a wrong number that looks right.
+        """
         steps = self.probes[probe]
         if len(steps) < 2:
             raise ValueError(
@@ -76,6 +87,12 @@ class Patterns:
                 "the base model with a later step, so it needs at least two steps"
             )
         first, last = min(steps), max(steps)
+        if first != 0:
+            raise ValueError(
+                f"probe {probe!r} has no pattern at step 0 (the base model); its earliest is step {first} in "
+                f"{self.sources[probe]}. A resumed run must write to the patterns directory of its first part; "
+                "pass that directory"
+            )
         return first, steps[first], last, steps[last]
 
     def change(self, probe: str) -> np.ndarray:
@@ -118,11 +135,12 @@ def load_runs(runs: Sequence[str | Path]) -> Patterns:
     loaded = [load_patterns(directory) for directory in directories]
     labels = _labels(runs)
     counts = Counter(probe for probes in loaded for probe in probes)
-    merged = {}
-    for label, probes in zip(labels, loaded):
+    merged, sources = {}, {}
+    for label, directory, probes in zip(labels, directories, loaded):
         for probe, steps in probes.items():
             name = f"{label}/{probe}" if counts[probe] > 1 else probe
             if name != probe:
                 print(f"note: probe {probe} is in several runs; this run's is named {name}", file=sys.stderr)
             merged[name] = {step: pattern.double().numpy() for step, pattern in steps.items()}
-    return Patterns(merged, shape)
+            sources[name] = directory
+    return Patterns(merged, shape, sources)
