@@ -203,7 +203,7 @@ def test_export_removes_staging_left_by_a_killed_export(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["hf_export"]
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o027])
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=oct)
 def test_export_folder_mode_follows_the_umask(tmp_path, umask):
     previous = os.umask(umask)
     try:
