@@ -2,13 +2,23 @@
 
 Every YAML key is a constructor argument of SFTModule (`model:`), SFTDataModule (`data:`),
 lightning's Trainer (`trainer:`) or a callback; `python train.py fit --print_config` shows them all.
+
+Exit codes: 0 done; 1 with one line `train.py: error: ...` for a bad input or value (no traceback; a bug
+keeps its traceback); 2 for a command-line or YAML mistake (jsonargparse's message); 143 (128 + SIGTERM)
+when the run was terminated, after Lightning's on-exception checkpoint (`ModelCheckpoint(save_on_exception=
+True)`), so that a scheduler sees the run did not finish.
 """
 
+import signal
+import sys
+
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import lightning_sft.strategy  # noqa: F401  registers the sft_zero2/sft_zero3 strategy names
 from lightning_sft.data import SFTDataModule
 from lightning_sft.module import SFTModule
+from lightning_sft.user_errors import user_error_message
 
 
 def main(args: list[str] | None = None) -> LightningCLI:
@@ -18,4 +28,12 @@ def main(args: list[str] | None = None) -> LightningCLI:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SIGTERMException:  # Lightning's own exit on SIGTERM is SystemExit(None), i.e. status 0
+        sys.exit(128 + signal.SIGTERM)
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None:
+            raise
+        sys.exit(f"train.py: error: {message}")

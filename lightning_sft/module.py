@@ -3,12 +3,13 @@
 import math
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
@@ -16,6 +17,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.integrations import HfDeepSpeedConfig
 from typing_extensions import override
 
+from lightning_sft.labels import IGNORE_INDEX
+from lightning_sft.precision import warn_if_cpu_bf16_is_slow
 from lightning_sft.tokenizer import byte_tokenizer
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
@@ -23,7 +26,7 @@ BYTE_TOKENIZER = "byte"
 
 
 class SFTModule(L.LightningModule):
-    """A causal LM trained on its supervised tokens (labels != -100), AdamW + warmup/decay.
+    """A causal LM trained on its supervised tokens (labels != IGNORE_INDEX), AdamW + warmup/decay.
 
     Args:
         pretrained: a Hugging Face model id or a local directory (`from_pretrained`).
@@ -31,7 +34,8 @@ class SFTModule(L.LightningModule):
             `{"model_type": "llama", "hidden_size": 64, ...}`): the model starts from random weights.
         tokenizer: id or directory of the tokenizer; default `pretrained`. `"byte"` is the built-in
             offline byte-level tokenizer (`lightning_sft.tokenizer.byte_tokenizer`).
-        dtype: the weights' dtype when loaded; train with `trainer.precision: bf16-true`.
+        dtype: the weights' dtype when loaded; train with `trainer.precision: bf16-true` on GPUs. On CPUs
+            without native bf16, use float32 with `trainer.precision: 32-true` (a bf16 run warns there).
         trust_remote_code: allow model code from the hub (off: only transformers' own classes).
         attn_implementation: transformers attention backend for training ("sdpa", "eager",
             "flash_attention_2", ...).
@@ -76,7 +80,7 @@ class SFTModule(L.LightningModule):
         self.tokenizer = self._load_tokenizer(tokenizer or pretrained, trust_remote_code)
         self.model: PreTrainedModel | None = None
         self.val_loss = MeanMetric()
-        self.val_perplexity = Perplexity(ignore_index=-100)
+        self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
 
     @staticmethod
     def _load_config(pretrained: str | None, config: dict | None, trust_remote_code: bool) -> Any:
@@ -110,16 +114,23 @@ class SFTModule(L.LightningModule):
         return tokenizer
 
     @override
+    def setup(self, stage: str) -> None:
+        if isinstance(self.trainer.accelerator, CPUAccelerator):
+            warn_if_cpu_bf16_is_slow(self.trainer.precision, self.hparams.dtype)
+
+    @override
     def configure_model(self) -> None:
         """Builds the model inside the strategy's context (under ZeRO-3: already partitioned)."""
         if self.model is not None:
             return
         settings = self.hparams
         dtype = DTYPES[settings.dtype]
+        strategy = getattr(self._trainer, "strategy", None)  # None: built outside a Trainer (tests, notebooks)
+        if getattr(strategy, "zero_stage_3", False):
+            # Tells transformers that ZeRO-3 is on: from_pretrained loads each weight into its partitions, and
+            # from_config initialises weights gathered per module (without it, init indexes an empty partition).
+            self._hf_deepspeed_config = HfDeepSpeedConfig(strategy.config)
         if settings.pretrained is not None:
-            if getattr(self.trainer.strategy, "zero_stage_3", False):
-                # Tells from_pretrained that ZeRO-3 is on, so it loads each weight into its partitions.
-                self._hf_deepspeed_config = HfDeepSpeedConfig(self.trainer.strategy.config)
             self.model = AutoModelForCausalLM.from_pretrained(
                 settings.pretrained, dtype=dtype, trust_remote_code=settings.trust_remote_code,
                 attn_implementation=settings.attn_implementation,
@@ -147,7 +158,7 @@ class SFTModule(L.LightningModule):
     @override
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         output = self(batch)
-        tokens = (batch["labels"][:, 1:] != -100).sum()
+        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
         self.val_loss.update(output.loss.float(), weight=tokens)
         self.val_perplexity.update(output.logits[:, :-1].float(), batch["labels"][:, 1:])
         self.log("val/loss", self.val_loss, prog_bar=True)
@@ -207,7 +218,10 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str,
 def export_hf(module: SFTModule, directory: Path) -> None:
     """Saves model + tokenizer with `save_pretrained` (safetensors) into `directory`, atomically.
 
-    Under ZeRO-3 every rank takes part in gathering the partitioned weights; rank 0 writes.
+    Written into a staging folder beside `directory` (mode from the umask, as `mkdir` gives), which a failure
+    removes; then the old export is renamed aside, the new one renamed in, and only then the old one deleted,
+    so `directory` always holds one whole export. Under ZeRO-3 every rank takes part in gathering the
+    partitioned weights; rank 0 writes.
     """
     trainer = module.trainer
     engine = getattr(trainer.strategy, "deepspeed_engine", None)
@@ -216,17 +230,39 @@ def export_hf(module: SFTModule, directory: Path) -> None:
         state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective: all ranks call it
     if trainer.is_global_zero:
         directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        if state_dict is not None:  # gathered from the engine's module (the LightningModule): drop "model."
-            state_dict = {key.removeprefix("model."): value for key, value in state_dict.items()
-                          if key.startswith("model.")}
-        module.model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
-        module.tokenizer.save_pretrained(staging)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
+        for leftover in directory.parent.glob(f".{directory.name}.staging-*"):  # an export killed mid-write
+            shutil.rmtree(leftover)
+        staging = directory.parent / f".{directory.name}.staging-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            if state_dict is not None:  # gathered from the engine's module (the LightningModule): drop "model."
+                state_dict = {key.removeprefix("model."): value for key, value in state_dict.items()
+                              if key.startswith("model.")}
+            module.model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+            module.tokenizer.save_pretrained(staging)
+            _swap_in(staging, directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         rank_zero_info(f"Hugging Face export written to {directory}")
     trainer.strategy.barrier("hf_export")
+
+
+def _swap_in(new: Path, directory: Path) -> None:
+    """Replaces `directory` by the folder `new` (same parent): old aside, new in, then old ones deleted
+    (with any left aside by a swap killed before its end)."""
+    if directory.exists():
+        old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex}"
+        os.replace(directory, old)
+        try:
+            os.replace(new, directory)
+        except BaseException:
+            os.replace(old, directory)
+            raise
+    else:
+        os.replace(new, directory)
+    for old in directory.parent.glob(f".{directory.name}.old-*"):
+        shutil.rmtree(old)
 
 
 def _first_line(error: Exception) -> str:

@@ -1,6 +1,14 @@
-"""SFTModule: construction errors, learning-rate schedule, loss over supervised tokens, HF export."""
+"""SFTModule: construction errors, learning-rate schedule, loss over supervised tokens, HF export (atomic, failure-safe),
+the warning for bf16 on CPUs without it."""
 
+import errno
+import inspect
 import math
+import os
+import stat
+import warnings
+from pathlib import Path
+from shutil import rmtree
 
 import lightning as L
 import pytest
@@ -8,7 +16,9 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from lightning_sft.data import SFTDataModule
-from lightning_sft.module import SFTModule, lr_multiplier
+import lightning_sft.module
+from lightning_sft import precision
+from lightning_sft.module import SFTModule, export_hf, lr_multiplier
 from tests.conftest import tiny_llama_config
 
 TINY = {"model_type": "llama", **tiny_llama_config().to_diff_dict()}
@@ -119,3 +129,104 @@ def test_weight_decay_skips_norms_and_biases():
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim == 1 for p in plain["params"])
     assert len(decayed["params"]) + len(plain["params"]) == len(list(module.model.parameters()))
+
+
+def test_module_has_no_literal_ignore_index():
+    """The label convention has one home (lightning_sft.labels.IGNORE_INDEX); module.py must import it."""
+    source = inspect.getsource(lightning_sft.module)
+    assert "-100" not in source and "IGNORE_INDEX" in source
+
+
+@pytest.mark.parametrize(("onednn_bf16", "capabilities", "cost"), [
+    (False, {"avx2": True}, "30x"),  # AVX2 only: torch emulates bf16 matmuls
+    (True, {"avx512_f": True, "avx512_bf16": False}, "2x"),  # AVX512 without bf16: oneDNN converts
+    (True, {"avx512_f": True, "avx512_bf16": True}, None),  # native (this machine)
+    (True, {"architecture": "arm64", "bf16": True}, None),
+])
+def test_cpu_bf16_cost_reads_torch_capability_queries(monkeypatch, onednn_bf16, capabilities, cost):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    found = precision.cpu_bf16_cost()
+    assert found is None if cost is None else f"about {cost} slower than float32" in found
+
+
+@pytest.mark.parametrize(("trainer_precision", "dtype", "warns"), [
+    ("bf16-true", "float32", True), ("bf16-mixed", "float32", True),
+    ("32-true", "bfloat16", True),  # 32-true leaves bf16-loaded weights bf16
+    ("32-true", "float32", False),
+])
+def test_bf16_on_a_cpu_without_it_warns_once_with_the_fix(monkeypatch, trainer_precision, dtype, warns):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    precision.warn_if_cpu_bf16_is_slow.cache_clear()
+    module = tiny_module(dtype=dtype)
+    module.trainer = L.Trainer(accelerator="cpu", precision=trainer_precision, logger=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module.setup("fit")
+        module.setup("validate")
+    messages = [str(warning.message) for warning in caught if "on CPU compute in bf16" in str(warning.message)]
+    assert len(messages) == (1 if warns else 0), messages
+    if warns:
+        assert "about 30x slower than float32" in messages[0] and "`trainer.precision: 32-true`" in messages[0]
+    precision.warn_if_cpu_bf16_is_slow.cache_clear()
+
+
+def attached_module(tmp_path) -> SFTModule:
+    module = tiny_module()
+    module.configure_model()
+    module.trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path)
+    return module
+
+
+def test_export_failure_keeps_the_old_export_and_leaves_no_staging(tmp_path, monkeypatch):
+    module = attached_module(tmp_path)
+    export = tmp_path / "hf_export"
+    export_hf(module, export)
+    before = {path.name: path.read_bytes() for path in export.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(module.tokenizer, "save_pretrained", disk_full)  # after the weights were written
+    with torch.no_grad():
+        next(module.model.parameters()).add_(1.0)
+    with pytest.raises(OSError, match="No space left"):
+        export_hf(module, export)
+    assert {path.name: path.read_bytes() for path in export.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hf_export"]
+
+
+def test_export_removes_staging_left_by_a_killed_export(tmp_path):
+    (tmp_path / ".hf_export.staging-killed").mkdir()
+    (tmp_path / ".hf_export.staging-killed" / "model.safetensors").write_bytes(b"half")
+    export_hf(attached_module(tmp_path), tmp_path / "hf_export")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hf_export"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=oct)
+def test_export_folder_mode_follows_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        export_hf(attached_module(tmp_path), tmp_path / "hf_export")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "hf_export").stat().st_mode) == 0o777 & ~umask
+
+
+def test_export_swap_deletes_the_old_export_only_once_the_new_one_is_in_place(tmp_path, monkeypatch):
+    module = attached_module(tmp_path)
+    export = tmp_path / "hf_export"
+    export_hf(module, export)
+    (export / "old-marker").write_text("the previous export")
+    removed = []
+
+    def checked_rmtree(path, *args, **kwargs):
+        # at every deletion the export folder is there and already the new one
+        assert Path(path) != export and (export / "config.json").exists() and not (export / "old-marker").exists()
+        removed.append(Path(path))
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(lightning_sft.module.shutil, "rmtree", checked_rmtree)
+    export_hf(module, export)
+    assert [path.name.startswith(".hf_export.old-") for path in removed] == [True]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hf_export"]

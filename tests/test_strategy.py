@@ -158,3 +158,31 @@ def test_ddp_and_zero_offload_fit_with_probes(tmp_path, strategy):
     batches = [collate(examples[i:i + 2], 0) for i in range(0, len(examples), 2)]
     assert_equal_to_one_process(patterns[0], pretrained, batches)
     assert_equal_to_one_process(patterns[2], exported, batches)
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["config", "pretrained"])
+def test_zero3_partitions_parameters_at_load(tmp_path, source):
+    """Under sft_zero3 no rank ever holds a whole parameter: right after configure_model each one is a
+    DeepSpeed-managed placeholder (ds_id set, numel 0, NOT_AVAILABLE) over a half-size partition, whether
+    built from a config (zero.Init) or loaded with from_pretrained (HfDeepSpeedConfig); gathered, the
+    pretrained weights are the saved ones."""
+    pretrained, rows, _ = write_inputs(tmp_path)
+    model_source = (["--pretrained", str(pretrained)] if source == "pretrained"
+                    else ["--config", json.dumps({"model_type": "llama", **tiny_llama_config().to_diff_dict()})])
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "zero3_load.py"), str(tmp_path), str(rows),
+                             *model_source], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-8000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    reference = AutoModelForCausalLM.from_pretrained(pretrained, dtype=torch.float32).named_parameters()
+    expected = {name: parameter for name, parameter in reference}
+    assert ranks[0].keys() == ranks[1].keys() == expected.keys()
+    for name, parameter in expected.items():
+        zero, one = ranks[0][name], ranks[1][name]
+        for held in (zero, one):
+            assert held["ds_id"] is not None and held["numel"] == 0 and held["status"] == "NOT_AVAILABLE", name
+            assert held["full_numel"] == parameter.numel(), name
+            assert held["partition_numel"] == -(-parameter.numel() // 2), name  # ceil(n / 2): half each
+        assert zero["ds_id"] == one["ds_id"] and zero["gathered_sum"] == one["gathered_sum"], name
+        if source == "pretrained":
+            assert zero["gathered_sum"] == pytest.approx(parameter.detach().double().sum().item(), rel=1e-9,
+                                                         abs=1e-9), name
