@@ -159,6 +159,7 @@ def test_ddp_and_zero_offload_fit_with_probes(tmp_path, strategy):
     assert_equal_to_one_process(patterns[0], pretrained, batches)
     assert_equal_to_one_process(patterns[2], exported, batches)
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["config", "pretrained"])
 def test_zero3_partitions_parameters_at_load(tmp_path, source):
