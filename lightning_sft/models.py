@@ -113,33 +113,32 @@ def _gguf_error(location: _Location, error: Exception) -> ValueError:
                       " in a quantisation gguf dequantises (F32, F16, Q4_0 ... Q8_0, K-quants)")
 
 
+def _from_pretrained(auto_class: Any, location: _Location, failure: str, **kwargs) -> Any:
+    """`auto_class.from_pretrained(location, **kwargs)`; a failure becomes one line naming the source."""
+    try:
+        return auto_class.from_pretrained(location.path, **location.kwargs(), **kwargs)
+    except (OSError, ValueError, KeyError, NotImplementedError) as error:
+        if location.gguf_file:
+            raise _gguf_error(location, error) from None
+        raise FileNotFoundError(
+            f"{location.name!r}: {failure} ({_first_line(error)}); pass a directory written by save_pretrained,"
+            " a .gguf file, package:NAME, or a hub id when online") from None
+
+
 def load_tokenizer(source: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer (with its chat template) saved with the model `source` (see the module docstring)."""
     location = _locate(source)
     if location.gguf_file and not any(field.startswith("tokenizer.ggml.") for field in _gguf_fields(location)):
         raise ValueError(f"GGUF model {location.name!r}: the file holds no tokenizer (no tokenizer.ggml.* fields);"
                          " pass a tokenizer separately (tokenizer: <folder or hub id>)")
-    try:
-        return AutoTokenizer.from_pretrained(location.path, trust_remote_code=trust_remote_code,
-                                             **location.kwargs())
-    except (OSError, ValueError, KeyError, NotImplementedError) as error:
-        if location.gguf_file:
-            raise _gguf_error(location, error) from None
-        raise FileNotFoundError(
-            f"tokenizer {location.name!r}: no tokenizer found there ({_first_line(error)})") from None
+    return _from_pretrained(AutoTokenizer, location, "no tokenizer found there",
+                            trust_remote_code=trust_remote_code)
 
 
 def load_config(source: str | Path, *, trust_remote_code: bool = False) -> PretrainedConfig:
     """The model config of `source` (see the module docstring), without loading any weight."""
     location = _locate(source)
-    try:
-        return AutoConfig.from_pretrained(location.path, trust_remote_code=trust_remote_code, **location.kwargs())
-    except (OSError, ValueError, KeyError, NotImplementedError) as error:
-        if location.gguf_file:
-            raise _gguf_error(location, error) from None
-        raise FileNotFoundError(
-            f"model {location.name!r}: no model config found there ({_first_line(error)}); pass a directory"
-            " written by save_pretrained, a .gguf file, package:NAME, or a hub id when online") from None
+    return _from_pretrained(AutoConfig, location, "no model config found there", trust_remote_code=trust_remote_code)
 
 
 def load_model(
@@ -154,15 +153,8 @@ def load_model(
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}; pass one of {list(DTYPES)}")
     location = _locate(source)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            location.path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **location.kwargs(), **kwargs)
-    except (OSError, ValueError, KeyError, NotImplementedError) as error:
-        if location.gguf_file:
-            raise _gguf_error(location, error) from None
-        raise FileNotFoundError(
-            f"model {location.name!r}: cannot load it ({_first_line(error)}); pass a directory written by"
-            " save_pretrained, a .gguf file, package:NAME, or a hub id when online") from None
+    model = _from_pretrained(AutoModelForCausalLM, location, "cannot load it", dtype=DTYPES[dtype],
+                             trust_remote_code=trust_remote_code, **kwargs)
     if location.gguf_file:  # dequantised weights: nothing of the quantisation is left to save or reload
         model.config.__dict__.pop("quantization_config", None)
         model.hf_quantizer = None
