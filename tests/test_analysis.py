@@ -174,6 +174,24 @@ def test_drift_curves(runs, capsys, tmp_path):
     assert matplotlib.image.imread(tmp_path / "drift.png").shape == (420, 1100, 4)
 
 
+def test_before_after_heatmaps(runs, capsys, tmp_path):
+    root, scored = runs
+    printed = _run(capsys, "heatmaps", *(root / run for run in RUNS), "--out", tmp_path)
+    merged = _merged(scored)
+    images = {}
+    for probe in merged:
+        for kind in ("base", "last", "change"):
+            path = tmp_path / f"heatmap_{probe.replace('/', '__')}_{kind}.png"
+            assert str(path) in printed
+            images[probe, kind] = matplotlib.image.imread(path)
+            assert images[probe, kind].shape[:2] == (round(100 * (1.3 + 0.4 * 2)), round(100 * 4.0))
+    # Both runs start from the same base model: below the titles (the top 0.35 inch, which name the probe),
+    # gsm8k's base heatmaps are the same picture and its last ones are not.
+    first, second = "gsm8k_task/version_0/gsm8k", "math_task/version_0/gsm8k"
+    assert np.array_equal(images[first, "base"][36:], images[second, "base"][36:])
+    assert not np.array_equal(images[first, "last"][36:], images[second, "last"][36:])
+
+
 def test_compose_ranks_every_subset(runs, capsys, tmp_path):
     root, scored = runs
     merged = _merged(scored)

@@ -230,3 +230,33 @@ def test_export_swap_deletes_the_old_export_only_once_the_new_one_is_in_place(tm
     export_hf(module, export)
     assert [path.name.startswith(".hf_export.old-") for path in removed] == [True]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["hf_export"]
+
+
+class _ModeRecorder(SFTModule):
+    """Runs each batch's forward twice: with dropout active the two losses differ, in eval mode they are equal."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.same_loss_twice = {"train": [], "val": []}
+
+    def training_step(self, batch, batch_idx):
+        self.same_loss_twice["train"].append(bool(torch.equal(self(batch).loss, self(batch).loss)))
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        self.same_loss_twice["val"].append(bool(torch.equal(self(batch).loss, self(batch).loss)))
+        return super().validation_step(batch, batch_idx)
+
+
+def test_pretrained_model_trains_with_dropout_and_validates_without(tmp_path):
+    """from_pretrained returns an eval-mode model; SFTModule must still train with dropout on."""
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config(attention_dropout=0.5)).save_pretrained(tmp_path / "base")
+    module = _ModeRecorder(pretrained=str(tmp_path / "base"), tokenizer="byte", dtype="float32", export_dir=None)
+    data = SFTDataModule(train=str(write_rows(tmp_path / "train.jsonl")), batch_size=4, val_fraction=0.25)
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path, enable_progress_bar=False, num_sanity_val_steps=1,
+                        val_check_interval=3)
+    trainer.fit(module, datamodule=data)
+    assert module.same_loss_twice["train"] == [False] * 3
+    assert module.same_loss_twice["val"] and all(module.same_loss_twice["val"])

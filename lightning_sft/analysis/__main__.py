@@ -3,6 +3,7 @@
     stats      RUN... [--out DIR]                            Table 1: Gini, CV, kurtosis, base vs last step
     similarity RUN... --out DIR                              Figure 2: correlation of pattern changes
     drift      RUN... --out DIR                              Figure 5: Pearson / MSE vs base, per step
+    heatmaps   RUN... --out DIR                              layers x heads heatmaps: base, last, change
     compose    RUN... --target T --bases A B ... --subset-size K [--out DIR]     Figure 4: R^2 per subset
     mix        (--coefficients A=0.4 ... | --from-compose CSV) --datasets A=PATH ... --total N --out FILE
 
@@ -15,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Sequence, TypeVar
 
-from lightning_sft.analysis.commands import compose_command, drift_command, similarity_command, stats_command
+from lightning_sft.analysis.commands import (compose_command, drift_command, heatmaps_command, similarity_command,
+                                             stats_command)
 from lightning_sft.analysis.runs import load_runs
 from lightning_sft.analysis.scenarios import mix_command, read_compose_coefficients
 
@@ -65,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("runs", nargs="+", metavar="RUN", help=runs_help)
     drift.add_argument("--out", type=Path, required=True, help="directory for drift.csv and drift.png")
 
+    heatmaps = commands.add_parser("heatmaps", help="layers x heads heatmaps of each probe: base, last step, change")
+    heatmaps.add_argument("runs", nargs="+", metavar="RUN", help=runs_help)
+    heatmaps.add_argument("--out", type=Path, required=True, help="directory for the PNG heatmaps")
+
     compose = commands.add_parser("compose", help="Figure 4: R^2 of the target's change fitted by K bases")
     compose.add_argument("runs", nargs="+", metavar="RUN", help=runs_help)
     compose.add_argument("--target", required=True, help="probe whose pattern change is fitted")
@@ -95,6 +101,8 @@ def run(args: argparse.Namespace) -> str:
         return similarity_command(load_runs(args.runs), args.out)
     if args.command == "drift":
         return drift_command(load_runs(args.runs), args.out)
+    if args.command == "heatmaps":
+        return heatmaps_command(load_runs(args.runs), args.out)
     if args.command == "compose":
         return compose_command(load_runs(args.runs), args.target, args.bases, args.subset_size, args.out)
     if args.command == "mix":

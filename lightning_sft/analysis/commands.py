@@ -9,7 +9,7 @@ from typing import Sequence
 from lightning_sft import stats
 from lightning_sft.analysis.plots import composition_figure, drift_figure, save_figure
 from lightning_sft.analysis.runs import Patterns
-from lightning_sft.plots import correlation_heatmap
+from lightning_sft.plots import correlation_heatmap, pattern_heatmap
 from lightning_sft.storage import atomic_write_text
 
 COEFFICIENT_PREFIX = "coefficient_"  # compose.csv column of a basis' coefficient, read back by `mix --from-compose`
@@ -99,6 +99,23 @@ def drift_command(patterns: Patterns, out: Path) -> str:
     write_csv(out / "drift.csv", header, rows)
     save_figure(drift_figure(drift), out / "drift.png")
     return markdown_table(header, rows)
+
+
+def heatmaps_command(patterns: Patterns, out: Path) -> str:
+    """Layers x heads heatmaps of each probe's pattern at the base and last steps, and of its change
+    (last - base, diverging colours). Writes `heatmap_<probe>_{base,last,change}.png` (a `/` in a merged
+    probe name becomes `__`) and returns the list of files."""
+    rows = []
+    for probe in patterns.probes:
+        base_step, base, last_step, last = patterns.base_and_last(probe)
+        figures = {
+            "base": pattern_heatmap(base, f"{probe}: step {base_step} (base)"),
+            "last": pattern_heatmap(last, f"{probe}: step {last_step}"),
+            "change": pattern_heatmap(last - base, f"{probe}: step {last_step} - step {base_step}", diverging=True),
+        }
+        for kind, figure in figures.items():
+            rows.append([probe, kind, save_figure(figure, out / f"heatmap_{probe.replace('/', '__')}_{kind}.png")])
+    return markdown_table(["probe", "heatmap", "file"], rows)
 
 
 def compose_command(
