@@ -62,7 +62,7 @@ class HeadActivationCallback(Callback):
         max_examples: examples used per probe set (the first ones).
         batch_size: probe examples scored per forward/backward pass, per process.
         max_length: truncation length in tokens for file/dataset probes.
-        adapters: probe name -> an adapter of `lightning_sft.adapters.ADAPTERS` (e.g. {"gsm8k": "gsm8k"}).
+        adapters: probe name -> an adapter of `lightning_sft.data.adapters.ADAPTERS` (e.g. {"gsm8k": "gsm8k"}).
         tokenizer: id/directory for file probes; default the LightningModule's `tokenizer` attribute.
         model_attribute: the LightningModule attribute holding the transformers model, dotted when nested
             ("backbone.model"); default: the one direct attribute that is a `PreTrainedModel`.

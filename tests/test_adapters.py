@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_sft.adapters import ADAPTERS
+from lightning_sft.data.adapters import ADAPTERS
 from lightning_sft.data import tokenize_rows
 from lightning_sft.labels import IGNORE_INDEX
 

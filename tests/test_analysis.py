@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import LlamaForCausalLM
 
 from callbacks import HeadActivationCallback
-from lightning_sft.adapters import ADAPTERS
+from lightning_sft.data.adapters import ADAPTERS
 from lightning_sft.analysis.__main__ import main
 from lightning_sft.data import collate, tokenize_rows
 from lightning_sft.storage import load_patterns, save_pattern

@@ -28,7 +28,7 @@ class SFTDataModule(pl.LightningDataModule):
         val: the same for validation; None carves `val_fraction` of `train` (by `seed`).
         format: "auto" (by columns: messages / prompt + response / text), "chat", "prompt_response",
             "text", or a format object such as `PromptResponse(prompt_field=..., response_field=...)`.
-        adapter: a name in `lightning_sft.adapters.ADAPTERS` turning benchmark rows into prompt/response.
+        adapter: a name in `lightning_sft.data.adapters.ADAPTERS` turning benchmark rows into prompt/response.
         max_length: tokens per example (longer ones keep their start); with packing, tokens per packed row.
         batch_size: examples (or packed rows) per micro-batch per device.
         val_fraction: share of `train` held out for validation when `val` is None (ignored otherwise);

@@ -7,7 +7,7 @@ so `tokenize_rows` can count such rows.
 
 from transformers import PreTrainedTokenizerBase
 
-from lightning_sft.adapters import ADAPTERS
+from lightning_sft.data.adapters import ADAPTERS
 from lightning_sft.labels import IGNORE_INDEX
 
 # Used when the tokenizer has no chat template of its own. Each turn is `<|role|>\n{content}{eos}\n`, so the

@@ -10,7 +10,7 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import PreTrainedTokenizerBase
 
-from lightning_sft.adapters import ADAPTERS
+from lightning_sft.data.adapters import ADAPTERS
 from lightning_sft.data.formats import Format, check_format, resolve_format
 from lightning_sft.data.sources import Rows, read_rows
 from lightning_sft.labels import IGNORE_INDEX

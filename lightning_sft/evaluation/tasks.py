@@ -29,8 +29,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lightning_sft import benchmarks
-from lightning_sft.benchmarks import MultipleChoice, Worked, field
+from lightning_sft.data import benchmarks
+from lightning_sft.data.benchmarks import MultipleChoice, Worked, field
 from lightning_sft.demo import TASKS as DEMO_TASKS
 
 

@@ -1,5 +1,5 @@
 """One description of each public benchmark's row layout: which fields hold the question, the options and the
-answer. The SFT adapters (`lightning_sft.adapters`) and the evaluation tasks (`lightning_sft.evaluation`) both
+answer. The SFT adapters (`lightning_sft.data.adapters`) and the evaluation tasks (`lightning_sft.evaluation`) both
 read rows through these functions, so a field name is written once.
 
 Each reader takes one raw row and returns a `MultipleChoice`, a `Worked` or a `Described` record, or raises a
@@ -50,7 +50,7 @@ def field(row: dict, name: str, benchmark: str):
     if value is None:
         raise ValueError(
             f"{benchmark}: the row has no field {name!r} (its keys: {sorted(row)}); give rows in the layout"
-            f" lightning_sft.benchmarks.{benchmark} reads"
+            f" lightning_sft.data.benchmarks.{benchmark} reads"
         )
     return value
 

@@ -1,6 +1,6 @@
 """Benchmark adapters: each turns one row of a public benchmark into `{"prompt": str, "response": str}`.
 
-Rows are read through `lightning_sft.benchmarks` (the one description of each benchmark's fields, shared with
+Rows are read through `lightning_sft.data.benchmarks` (the one description of each benchmark's fields, shared with
 the evaluation tasks). Name an adapter in a config (`adapter: gsm8k`) or pass it to
 `lightning_sft.data.tokenize_rows(adapter=...)`; the result is then read by the prompt/response format
 (prompt tokens unsupervised, response supervised). Multiple-choice tasks share one layout: the question, one
@@ -25,7 +25,7 @@ each with `adapter: <name>` beside it. Local files in the same layouts work too 
 from collections.abc import Callable
 from string import ascii_uppercase
 
-from lightning_sft.benchmarks import BENCHMARKS, Described, MultipleChoice, Worked
+from lightning_sft.data.benchmarks import BENCHMARKS, Described, MultipleChoice, Worked
 
 
 def _prompt_response(record: MultipleChoice | Worked | Described, instruction: str = "") -> dict:
@@ -53,7 +53,7 @@ def _adapter(benchmark: str) -> Callable[[dict], dict]:
         return _prompt_response(read(row), INSTRUCTIONS.get(benchmark, ""))
 
     adapt.__name__ = adapt.__qualname__ = benchmark
-    adapt.__doc__ = f"{benchmark} row (see lightning_sft.benchmarks.{benchmark}) -> prompt/response."
+    adapt.__doc__ = f"{benchmark} row (see lightning_sft.data.benchmarks.{benchmark}) -> prompt/response."
     return adapt
 
 
