@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Sequence
 
 from lightning_sft import stats
-from lightning_sft.analysis.plots import composition_figure, drift_figure, save_figure
+from lightning_sft.plots import composition_figure, correlation_heatmap, drift_figure, save_figure
 from lightning_sft.analysis.runs import Patterns
-from lightning_sft.plots import correlation_heatmap
 from lightning_sft.storage import atomic_write_text
 
 COEFFICIENT_PREFIX = "coefficient_"  # compose.csv column of a basis' coefficient, read back by `mix --from-compose`
