@@ -74,7 +74,7 @@ class PatternHeatmap(RedrawnFigure):
         axes.set_yticks(range(0, num_layers, max(1, num_layers // 16)))
         self.title = axes.set_title(" ", fontsize=9)
         figure.colorbar(self.image, cax=colorbar_axes)
-        super().__init__(figure, [self.image, self.title])
+        super().__init__(figure, [self.image, *axes.spines.values(), self.title])  # spines: over the cells
 
     def frame(self, pattern: np.ndarray, title: str) -> np.ndarray:
         """RGB pixels [height, width, 3] uint8 of `pattern` [num_layers, num_heads] under `title`."""
@@ -112,7 +112,8 @@ class CorrelationHeatmap(RedrawnFigure):
         figure.colorbar(self.image, ax=axes)
         figure.canvas.draw()  # lays out once with stand-in text; the layout engine is off for every frame
         figure.set_layout_engine("none")
-        super().__init__(figure, [self.image, self.title, *(text for row in self.texts for text in row)])
+        super().__init__(figure, [self.image, *axes.spines.values(), self.title,
+                                  *(text for row in self.texts for text in row)])
 
     def set(self, matrix: np.ndarray, title: str) -> None:
         self.image.set_data(matrix)

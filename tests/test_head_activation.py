@@ -322,10 +322,11 @@ def test_images_keep_step_0_and_the_last_within_tensorboards_ten_and_fixed_colou
     original = head_activation.PatternHeatmap.frame
 
     def record(heatmap, pattern, title):
+        pixels = original(heatmap, pattern, title)
         name, step = title.split(" ")[0], int(title.rpartition(" ")[2])  # "<probe> ..., step <step>"
         frames.append((name, "change" if "change" in title else "pattern", step, heatmap.image.get_clim(),
                        np.array(pattern)))
-        return original(heatmap, pattern, title)
+        return pixels
 
     monkeypatch.setattr(head_activation.PatternHeatmap, "frame", record)
     chosen = {"doubling": probes["doubling"], "big": probes["big"]}
