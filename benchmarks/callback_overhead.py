@@ -4,12 +4,14 @@
 
 Each fit runs `train.py fit --config configs/demo.yaml` in its own process (same seed, same data); the
 three variants alternate (without, with, no images; repeated `--repeats` times) so that a slow spell
-of a shared machine falls on all of them alike. Prints the median and the range of each, and the time
+of a shared machine falls on all of them alike. Prints the median and the range of each (wall time, and
+the fit process's CPU time, which a busy machine disturbs less), and the time
 inside the scorer from the callback's `head_probe/seconds` scalars. Arguments after `--` go to every
 fit (e.g. `-- --trainer.precision 32-true`).
 """
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,17 +38,20 @@ def without_images_config(path: Path) -> Path:
     return path
 
 
-def fit(directory: Path, config: Path, max_steps: int, extra: list[str], with_callback: bool = True) -> float:
+def fit(directory: Path, config: Path, max_steps: int, extra: list[str], with_callback: bool = True
+        ) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one fit in its own process."""
     command = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(config),
                "--trainer.default_root_dir", str(directory), "--trainer.max_steps", str(max_steps),
                "--trainer.enable_progress_bar", "false", *extra]
     if not with_callback:
         command += ["--trainer.callbacks", "[]"]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return time.perf_counter() - started
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter() - started, used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
 
 
 def images_and_scoring(run_dir: Path) -> tuple[int, float, int]:
@@ -69,30 +74,34 @@ def main() -> None:
     args = parser.parse_args()
     variants = ("without callback", "with HeadActivationCallback", "with the callback, `log_images: false`")
     times: dict[str, list[float]] = {variant: [] for variant in variants}
+    cpu_times: dict[str, list[float]] = {variant: [] for variant in variants}
     with tempfile.TemporaryDirectory() as scratch:
         no_images = without_images_config(Path(scratch) / "no_images.yaml")
         configs = {variants[0]: DEMO, variants[1]: DEMO, variants[2]: no_images}
         for repeat in range(args.repeats):
             for index, variant in enumerate(variants):
                 directory = Path(scratch) / f"{index}_{repeat}"
-                times[variant].append(fit(directory, configs[variant], args.max_steps, args.extra,
-                                          with_callback=index > 0))
-                print(f"{variant}, run {repeat + 1}: {times[variant][-1]:.1f} s", file=sys.stderr, flush=True)
+                wall, cpu = fit(directory, configs[variant], args.max_steps, args.extra, with_callback=index > 0)
+                times[variant].append(wall)
+                cpu_times[variant].append(cpu)
+                print(f"{variant}, run {repeat + 1}: {wall:.1f} s wall, {cpu:.1f} s CPU", file=sys.stderr, flush=True)
         runs = {variant: Path(scratch) / f"{index}_0" / "lightning_logs" / "version_0"
                 for index, variant in enumerate(variants)}
         images, scoring, probes = images_and_scoring(runs[variants[1]])
         no_images_count = images_and_scoring(runs[variants[2]])[0]
     if no_images_count or not images:
         raise RuntimeError(f"the variants are not what they say: {images} images with, {no_images_count} without")
-    base = statistics.median(times[variants[0]])
+    base, cpu_base = statistics.median(times[variants[0]]), statistics.median(cpu_times[variants[0]])
     print(f"| demo fit, {args.max_steps} steps, {args.repeats} runs each {' '.join(args.extra)} "
-          "| median wall time (s) | range (s) | median / without |")
-    print("|---|---|---|---|")
+          "| median wall time (s) | range (s) | median / without | median CPU time (s) | CPU / without |")
+    print("|---|---|---|---|---|---|")
     for variant in variants:
-        median = statistics.median(times[variant])
+        median, cpu = statistics.median(times[variant]), statistics.median(cpu_times[variant])
         label = variant + (f" ({probes} probes, {images} images)" if variant == variants[1] else "")
-        print(f"| {label} | {median:.1f} | {min(times[variant]):.1f}-{max(times[variant]):.1f} | {median / base:.3f} |")
-    print(f"| time inside the scorer (sum of `head_probe/seconds`, first run with the callback) | {scoring:.1f} | | |")
+        print(f"| {label} | {median:.1f} | {min(times[variant]):.1f}-{max(times[variant]):.1f} | {median / base:.3f} "
+              f"| {cpu:.1f} | {cpu / cpu_base:.3f} |")
+    print(f"| time inside the scorer (sum of `head_probe/seconds`, first run with the callback) | {scoring:.1f} |"
+          " | | | |")
 
 
 if __name__ == "__main__":

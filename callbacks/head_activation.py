@@ -384,7 +384,8 @@ class HeadActivationCallback(Callback):
             logger.experiment.flush()
         for writer in self._writers.values():
             writer.close()
-        self._writers.clear()
+        for kept in (self._writers, self._logged_patterns, self._logged_changes, self._drift, self._correlations):
+            kept.clear()  # a later fit with this callback draws its own steps only
 
     @override
     def state_dict(self) -> dict[str, Any]:
