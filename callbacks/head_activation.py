@@ -1,16 +1,20 @@
 """HeadActivationCallback: head-activation patterns at chosen optimizer steps, logged and saved.
 
 At each scheduled step the callback scores every probe set with `lightning_sft.patterns.score_heads`
-(mean over examples of sum_ij |A_ij * dL/dA_ij| per head, a [num_layers, num_heads] pattern) and logs
+(mean over examples of sum_ij |A_ij * dL/dA_ij| per head, a [num_layers, num_heads] pattern) and logs,
+with a TensorBoardLogger, each probe as its own run `<log_dir>/probe_<probe>/` (one colour per probe):
 
-    head_activation/<probe>/{gini,cv,kurtosis,mean}   concentration (kurtosis: Pearson's, not excess)
-    head_drift/<probe>/{pearson,mse}                   against the pattern at step 0 (the base model; step 0
-                                                       is always probed, whatever the schedule)
-    head_probe/<probe>/{loss,seconds}                  mean probe loss (nats/token), wall time of the probe
-    head_similarity/<a>/<b>                            correlation of the two probes' pattern changes
-    images: head_activation/<probe>/{pattern,change}, head_similarity/change_correlation
-    histograms: head_activation/<probe>/scores
+    head_activation/{gini,cv,kurtosis,mean}   concentration (kurtosis: Pearson's, not excess)
+    head_drift/{pearson,mse}                   against the pattern at step 0 (the base model;
+                                               step 0 is always probed, whatever the schedule)
+    head_probe/{loss,seconds}                  mean probe loss (nats/token), wall time of the probe
+    histograms: head_activation/scores; at the end of training, images (at most 10 steps, step 0 and
+    the last among them, colour limits fixed per probe): head_activation/{pattern,change}
 
+and in the logger's own run `head_similarity/<a>/<b>` (correlation of the two probes' pattern changes),
+the custom-scalars layout (one chart per statistic, a line per probe, `eval/.*` beside drift), and at
+the end the images head_similarity/change_correlation and head_drift/figure (Pearson and MSE against
+step, a line per probe). Other loggers get `<group>/<probe>/<statistic>` tags through `log_metrics`;
 and saves every pattern with `lightning_sft.storage.save_pattern` (read back with `load_patterns`).
 
 One run keeps one patterns directory: a run resumed with `ckpt_path` restores the directory, its run id and
@@ -26,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoTokenizer, PreTrainedModel
 from typing_extensions import override
 
@@ -39,10 +43,12 @@ from callbacks.schedule import Schedule
 from lightning_sft import stats
 from lightning_sft.data import collate_batches, load_examples
 from lightning_sft.patterns import score_heads
-from lightning_sft.plots import correlation_heatmap, pattern_heatmap
+from lightning_sft.plots import CorrelationHeatmap, PatternHeatmap, drift_figure, pattern_limits
 from lightning_sft.storage import INDEX_NAME, check_probe_name, load_index, save_pattern
 
 ProbeSource = str | dict[str, Any] | list[dict[str, list[int]]]
+PER_PROBE_GROUPS = ("head_activation", "head_drift", "head_probe")  # tags <group>/<probe>/<statistic>
+MAX_IMAGE_STEPS = 10  # TensorBoard's default number of images kept per tag
 
 
 class HeadActivationCallback(Callback):
@@ -66,7 +72,7 @@ class HeadActivationCallback(Callback):
         tokenizer: id/directory for file probes; default the LightningModule's `tokenizer` attribute.
         model_attribute: the LightningModule attribute holding the transformers model, dotted when nested
             ("backbone.model"); default: the one direct attribute that is a `PreTrainedModel`.
-        log_images: heatmap images of each pattern and its change.
+        log_images: heatmap images of each pattern and its change, the drift figure (drawn at the end).
         log_histograms: histograms of the head scores.
         per_example: also save each example's [num_layers, num_heads] pattern and loss.
     """
@@ -129,6 +135,13 @@ class HeadActivationCallback(Callback):
         self._batches: dict[str, list[dict[str, torch.Tensor]]] = {}
         self._resolved_save_dir: Path | None = None
         self._restored_save_dir: Path | None = None
+        # what `_log` kept for `_log_figures` (rank 0): probe -> step -> [num_layers, num_heads]
+        self._logged_patterns: dict[str, dict[int, np.ndarray]] = {}
+        self._logged_changes: dict[str, dict[int, np.ndarray]] = {}
+        self._drift: dict[str, dict[int, tuple[float, float]]] = {}  # probe -> step -> (pearson, mse)
+        self._correlations: dict[int, tuple[list[str], np.ndarray]] = {}
+        self._layouts_written: set[str] = set()  # log_dirs that hold the custom-scalars layout
+        self._writers: dict[tuple[str, str], SummaryWriter] = {}  # (log_dir, probe) -> the probe's run
 
     @property
     @override
@@ -284,6 +297,11 @@ class HeadActivationCallback(Callback):
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         if self.probe_at_end and trainer.global_step not in self.done_steps:
             self._probe(trainer, pl_module)
+        self._log_figures(trainer)
+
+    @override
+    def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
+        self._log_figures(trainer)  # an interrupted run keeps the figures of what it probed
 
     def _probe_if_due(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         step = trainer.global_step
@@ -350,27 +368,88 @@ class HeadActivationCallback(Callback):
         self, trainer: "L.Trainer", step: int, metrics: dict[str, float], patterns: dict[str, torch.Tensor],
         changes: dict[str, np.ndarray], correlation: tuple[list[str], np.ndarray] | None,
     ) -> None:
+        """Scalars and histograms now; heatmaps and the drift figure are kept for `_log_figures` at the end.
+
+        With a TensorBoardLogger each probe's scalars go to its own run `<log_dir>/probe_<name>/` under
+        the probe-free tags of the saved index (`head_drift/pearson`, ...), so TensorBoard draws one
+        colour per probe; other loggers get every tag through `log_metrics`.
+        """
+        for name, pattern in patterns.items():
+            self._logged_patterns.setdefault(name, {})[step] = pattern.numpy()
+            self._logged_changes.setdefault(name, {})[step] = changes[name]
+            self._drift.setdefault(name, {})[step] = (metrics[f"head_drift/{name}/pearson"],
+                                                      metrics[f"head_drift/{name}/mse"])
+        if correlation is not None:
+            self._correlations[step] = correlation
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
             if not isinstance(logger, TensorBoardLogger):
+                logger.log_metrics(metrics, step=step)
                 continue
-            writer = logger.experiment
-            if step == 0:
-                writer.add_custom_scalars(_drift_layout())
+            shared = {tag: value for tag, value in metrics.items() if _probe_of(tag, patterns) is None}
+            logger.log_metrics(shared, step=step)
+            if logger.log_dir not in self._layouts_written:  # the first log of this run, resumed ones too
+                logger.experiment.add_custom_scalars(drift_layout())
+                self._layouts_written.add(logger.log_dir)
             for name, pattern in patterns.items():
+                writer = self._probe_writer(logger, name)
+                for tag, value in metrics.items():
+                    if _probe_of(tag, patterns) == name:
+                        writer.add_scalar(tag.replace(f"/{name}/", "/"), value, step)
                 if self.log_histograms:
-                    writer.add_histogram(f"head_activation/{name}/scores", pattern.flatten(), step)
-                if self.log_images:
-                    _add_figure(writer, f"head_activation/{name}/pattern",
-                                pattern_heatmap(pattern.numpy(), f"{name} head activation, step {step}"), step)
-                    if step > 0:
-                        _add_figure(writer, f"head_activation/{name}/change",
-                                    pattern_heatmap(changes[name], f"{name} change since step 0, step {step}",
-                                                    diverging=True), step)
-            if self.log_images and correlation is not None:
-                _add_figure(writer, "head_similarity/change_correlation",
-                            correlation_heatmap(*correlation, f"correlation of pattern changes, step {step}"), step)
-            writer.flush()
+                    writer.add_histogram("head_activation/scores", pattern.flatten(), step)
+                writer.flush()
+            logger.experiment.flush()
+
+    def _probe_writer(self, logger: TensorBoardLogger, name: str) -> SummaryWriter:
+        key = (logger.log_dir, name)
+        if key not in self._writers:
+            self._writers[key] = SummaryWriter(str(Path(logger.log_dir) / f"probe_{name}"))
+        return self._writers[key]
+
+    @rank_zero_only
+    def _log_figures(self, trainer: "L.Trainer") -> None:
+        """Heatmaps at up to `MAX_IMAGE_STEPS` of the logged steps, and the drift figure, then closes writers.
+
+        Drawn once all steps are known, so each probe's colour limits span all its drawn steps (colours
+        compare across steps) and step 0 and the last step are always among the drawn ones.
+        """
+        for logger in trainer.loggers:
+            if not isinstance(logger, TensorBoardLogger) or not self._logged_patterns:
+                continue
+            if self.log_images:
+                for name, by_step in self._logged_patterns.items():
+                    writer = self._probe_writer(logger, name)
+                    steps = image_steps(sorted(by_step))
+                    heatmap = PatternHeatmap(by_step[steps[0]].shape, pattern_limits([by_step[s] for s in steps]))
+                    for step in steps:
+                        writer.add_image("head_activation/pattern", heatmap.frame(
+                            by_step[step], f"{name} head activation, step {step}"), step, dataformats="HWC")
+                    heatmap.close()
+                    changed = [s for s in steps if np.ptp(self._logged_changes[name][s]) > 0]
+                    if changed:
+                        heatmap = PatternHeatmap(by_step[steps[0]].shape, pattern_limits(
+                            [self._logged_changes[name][s] for s in changed], diverging=True), diverging=True)
+                        for step in changed:
+                            writer.add_image("head_activation/change", heatmap.frame(
+                                self._logged_changes[name][step], f"{name} change since base, step {step}"),
+                                step, dataformats="HWC")
+                        heatmap.close()
+                    writer.flush()
+                if self._correlations:
+                    steps = image_steps(sorted(self._correlations))
+                    heatmap = CorrelationHeatmap(self._correlations[steps[0]][0])
+                    for step in steps:
+                        logger.experiment.add_image("head_similarity/change_correlation", heatmap.frame(
+                            self._correlations[step][1], f"correlation of pattern changes, step {step}"),
+                            step, dataformats="HWC")
+                    heatmap.close()
+                last_step = max(max(by_step) for by_step in self._drift.values())
+                logger.experiment.add_figure("head_drift/figure", drift_figure(self._drift), last_step)
+            logger.experiment.flush()
+        for writer in self._writers.values():
+            writer.close()
+        for kept in (self._writers, self._logged_patterns, self._logged_changes, self._drift, self._correlations):
+            kept.clear()  # a later fit with this callback draws its own steps only
 
     # The state goes into the checkpoint from on_save_checkpoint, not by overriding `state_dict`: Lightning
     # checks at Trainer construction that callbacks overriding `state_dict` have distinct state keys, with a
@@ -406,19 +485,39 @@ def _describe(source: ProbeSource) -> str:
     return f"{len(source)} pre-tokenized examples" if isinstance(source, list) else repr(source)
 
 
-def _drift_layout() -> dict[str, Any]:
-    """TensorBoard custom-scalars layout: every probe's drift on one chart per statistic."""
+def _probe_of(tag: str, patterns: Mapping[str, Any]) -> str | None:
+    """The probe a per-probe tag `<group>/<probe>/<statistic>` belongs to; None for `head_similarity/<a>/<b>`."""
+    group, _, rest = tag.partition("/")
+    name = rest.rpartition("/")[0]
+    return name if group in PER_PROBE_GROUPS and name in patterns else None
+
+
+def image_steps(steps: list[int]) -> list[int]:
+    """At most `MAX_IMAGE_STEPS` of the sorted `steps`, spread evenly by index, always the first and last.
+
+    TensorBoard keeps `MAX_IMAGE_STEPS` images per tag by default and drops a random earlier one for each
+    image beyond that, so logging more would hide the step-0 heatmap unless the viewer passes
+    `--samples_per_plugin images=N`.
+    """
+    if len(steps) <= MAX_IMAGE_STEPS:
+        return list(steps)
+    return [steps[i] for i in np.linspace(0, len(steps) - 1, MAX_IMAGE_STEPS).round().astype(int)]
+
+
+def drift_layout() -> dict[str, Any]:
+    """TensorBoard custom-scalars layout: one chart per statistic, one line per probe run (and eval task).
+
+    `eval/.*` sits beside drift so that a task's accuracy reads against its pattern's drift.
+    """
     return {
         "head_drift": {
-            "pearson vs base": ["Multiline", [r"head_drift/.*/pearson"]],
-            "mse vs base": ["Multiline", [r"head_drift/.*/mse"]],
+            "pearson vs base": ["Multiline", [r"^head_drift/pearson$"]],
+            "mse vs base": ["Multiline", [r"^head_drift/mse$"]],
+            "eval accuracy": ["Multiline", [r"^eval/.*"]],
         },
         "head_activation": {
-            statistic: ["Multiline", [rf"head_activation/.*/{statistic}"]] for statistic in ("gini", "cv", "kurtosis")
+            statistic: ["Multiline", [rf"^head_activation/{statistic}$"]]
+            for statistic in ("gini", "cv", "kurtosis", "mean")
         },
+        "head_probe": {"probe loss": ["Multiline", [r"^head_probe/loss$"]]},
     }
-
-
-def _add_figure(writer: Any, tag: str, figure: Any, step: int) -> None:
-    writer.add_figure(tag, figure, step, close=False)
-    plt.close(figure)

@@ -1,51 +1,216 @@
-"""Matplotlib figures of head patterns, shared by the callback (TensorBoard images) and the analysis CLI."""
+"""Every matplotlib figure of the project: head heatmaps (TensorBoard images and analysis PNGs), drift
+curves, composition R^2, and writing a figure as a PNG.
 
-from collections.abc import Sequence
+Importing this module selects the non-interactive Agg backend and plain ASCII minus signs (the Unicode
+minus vanishes at TensorBoard's card size, so "-0.10" would read as "0.10").
+"""
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
+matplotlib.rcParams["axes.unicode_minus"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.artist import Artist  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from lightning_sft.stats import CompositionFit  # noqa: E402
+from lightning_sft.storage import atomic_write_bytes  # noqa: E402
 
-def pattern_heatmap(pattern: np.ndarray, title: str, *, diverging: bool = False) -> Figure:
-    """Layers x heads heatmap of a [num_layers, num_heads] pattern (or of its change, `diverging=True`)."""
-    pattern = np.asarray(pattern, dtype=np.float64)
-    num_layers, num_heads = pattern.shape
-    width, height = max(4.0, 1.7 + 0.45 * num_heads), 1.3 + 0.4 * num_layers
-    figure = plt.figure(figsize=(width, height))
-    # Fixed margins in inches instead of a layout engine: drawn at every probe step, this halves the cost.
-    left, right, bottom, top = 0.6, 1.1, 0.5, 0.35
-    axes = figure.add_axes((left / width, bottom / height, 1 - (left + right) / width, 1 - (bottom + top) / height))
-    colorbar_axes = figure.add_axes((1 - 0.95 / width, bottom / height, 0.15 / width, 1 - (bottom + top) / height))
+
+class RedrawnFigure:
+    """A figure drawn once, whose `changing` artists are redrawn alone (blitted) for each new frame.
+
+    Everything else (axes, ticks, labels, colour bar) is rendered once and copied back for each frame,
+    so a frame costs the few changing artists, not a whole figure: this is what keeps the callback's
+    heatmaps cheap enough to draw at every logged step. Colour limits must therefore stay fixed.
+    """
+
+    def __init__(self, figure: Figure, changing: Sequence[Artist]) -> None:
+        self.figure = figure
+        self.changing = list(changing)
+        for artist in self.changing:
+            artist.set_animated(True)  # left out of the full draw below
+        self._canvas = FigureCanvasAgg(figure)
+        self._canvas.draw()
+        self._background = self._canvas.copy_from_bbox(figure.bbox)
+
+    def pixels(self) -> np.ndarray:
+        """The figure as it now stands, [height, width, 3] uint8 RGB (for `SummaryWriter.add_image`)."""
+        self._canvas.restore_region(self._background)
+        for artist in self.changing:
+            self.figure.draw_artist(artist)
+        return np.asarray(self._canvas.buffer_rgba())[..., :3].copy()
+
+    def still(self) -> Figure:
+        """The figure with its changing artists drawn like the rest (for `save_figure`)."""
+        for artist in self.changing:
+            artist.set_animated(False)
+        return self.figure
+
+    def close(self) -> None:
+        plt.close(self.figure)
+
+
+class PatternHeatmap(RedrawnFigure):
+    """Layers x heads heatmap of [num_layers, num_heads] patterns with colour limits fixed at creation.
+
+    `limits` = (vmin, vmax) shared by every frame, so colours compare across steps; `diverging=True`
+    (for changes) uses a red-blue map. `frame(pattern, title)` returns the RGB pixels of one frame.
+    """
+
+    def __init__(self, shape: tuple[int, int], limits: tuple[float, float], *, diverging: bool = False) -> None:
+        num_layers, num_heads = shape
+        width, height = max(4.0, 1.7 + 0.45 * num_heads), 1.3 + 0.4 * num_layers
+        figure = Figure(figsize=(width, height), dpi=100)
+        left, right, bottom, top = 0.6, 1.1, 0.5, 0.35  # fixed margins in inches: no layout engine per frame
+        axes = figure.add_axes((left / width, bottom / height, 1 - (left + right) / width, 1 - (bottom + top) / height))
+        colorbar_axes = figure.add_axes((1 - 0.95 / width, bottom / height, 0.15 / width, 1 - (bottom + top) / height))
+        self.limits = limits
+        self.image = axes.imshow(np.zeros(shape), cmap="RdBu_r" if diverging else "viridis",
+                                 vmin=limits[0], vmax=limits[1], aspect="auto", interpolation="nearest")
+        axes.set_xlabel("head")
+        axes.set_ylabel("layer")
+        axes.set_xticks(range(0, num_heads, max(1, num_heads // 16)))  # at most ~16 labels per axis
+        axes.set_yticks(range(0, num_layers, max(1, num_layers // 16)))
+        self.title = axes.set_title(" ", fontsize=9)
+        figure.colorbar(self.image, cax=colorbar_axes)
+        super().__init__(figure, [self.image, *axes.spines.values(), self.title])  # spines: over the cells
+
+    def frame(self, pattern: np.ndarray, title: str) -> np.ndarray:
+        """RGB pixels [height, width, 3] uint8 of `pattern` [num_layers, num_heads] under `title`."""
+        self.image.set_data(np.asarray(pattern, dtype=np.float64))
+        self.title.set_text(title)
+        return self.pixels()
+
+
+def pattern_heatmap(pattern: np.ndarray, title: str, limits: tuple[float, float], *,
+                    diverging: bool = False) -> Figure:
+    """One layers x heads heatmap figure of `pattern` [num_layers, num_heads] (for `save_figure`)."""
+    heatmap = PatternHeatmap(pattern.shape, limits, diverging=diverging)
+    heatmap.image.set_data(np.asarray(pattern, dtype=np.float64))
+    heatmap.title.set_text(title)
+    return heatmap.still()
+
+
+def pattern_limits(patterns: Sequence[np.ndarray], *, diverging: bool = False) -> tuple[float, float]:
+    """Colour limits shared by all `patterns`: [min, max] over them, or +-max|value| when `diverging`."""
+    stacked = np.stack([np.asarray(pattern, dtype=np.float64) for pattern in patterns])
     if diverging:
-        limit = float(np.abs(pattern).max()) or 1.0
-        image = axes.imshow(pattern, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-    else:
-        image = axes.imshow(pattern, cmap="viridis", aspect="auto")
-    axes.set_xlabel("head")
-    axes.set_ylabel("layer")
-    axes.set_xticks(range(0, num_heads, max(1, num_heads // 16)))  # at most ~16 labels per axis
-    axes.set_yticks(range(0, num_layers, max(1, num_layers // 16)))
-    axes.set_title(title, fontsize=9)
-    figure.colorbar(image, cax=colorbar_axes)
-    return figure
+        limit = float(np.abs(stacked).max()) or 1.0
+        return -limit, limit
+    low, high = float(stacked.min()), float(stacked.max())
+    return (low, high) if high > low else (low - 0.5, low + 0.5)
+
+
+class CorrelationHeatmap(RedrawnFigure):
+    """Annotated [P, P] correlation matrix in [-1, 1] with the probe names on both axes.
+
+    `frame(matrix, title)` returns the RGB pixels of one frame; `correlation_heatmap` draws one figure.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        size = len(names)
+        figure = Figure(figsize=(2.0 + 0.9 * size, 1.6 + 0.8 * size), dpi=100, layout="constrained")
+        axes = figure.add_subplot()
+        self.image = axes.imshow(np.zeros((size, size)), cmap="RdBu_r", vmin=-1, vmax=1)
+        axes.set_xticks(range(size), names, rotation=45, ha="right")
+        axes.set_yticks(range(size), names)
+        self.texts = [[axes.text(column, row, "-0.00", ha="center", va="center", fontsize=8)
+                       for column in range(size)] for row in range(size)]
+        self.title = axes.set_title(" ", fontsize=10)
+        figure.colorbar(self.image, ax=axes)
+        figure.canvas.draw()  # lays out once with stand-in text; the layout engine is off for every frame
+        figure.set_layout_engine("none")
+        super().__init__(figure, [self.image, *axes.spines.values(), self.title,
+                                  *(text for row in self.texts for text in row)])
+
+    def set(self, matrix: np.ndarray, title: str) -> None:
+        self.image.set_data(matrix)
+        for row, texts in enumerate(self.texts):
+            for column, text in enumerate(texts):
+                value = float(matrix[row, column])
+                text.set_text(f"{value:.2f}")
+                text.set_color("white" if abs(value) > 0.6 else "black")
+        self.title.set_text(title)
+
+    def frame(self, matrix: np.ndarray, title: str) -> np.ndarray:
+        """RGB pixels [height, width, 3] uint8 of the [P, P] `matrix` under `title`."""
+        self.set(matrix, title)
+        return self.pixels()
 
 
 def correlation_heatmap(names: Sequence[str], matrix: np.ndarray, title: str) -> Figure:
-    """Annotated [P, P] correlation matrix in [-1, 1] with the probe names on both axes."""
-    size = len(names)
-    figure, axes = plt.subplots(figsize=(2.0 + 0.9 * size, 1.6 + 0.8 * size), layout="constrained")
-    image = axes.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
-    axes.set_xticks(range(size), names, rotation=45, ha="right")
-    axes.set_yticks(range(size), names)
-    for row in range(size):
-        for column in range(size):
-            value = matrix[row, column]
-            axes.text(column, row, f"{value:.2f}", ha="center", va="center",
-                      color="white" if abs(value) > 0.6 else "black", fontsize=8)
-    axes.set_title(title, fontsize=10)
-    figure.colorbar(image, ax=axes)
+    """One annotated [P, P] correlation-matrix figure (for `save_figure`)."""
+    heatmap = CorrelationHeatmap(names)
+    heatmap.set(matrix, title)
+    return heatmap.still()
+
+
+def save_figure(figure: Figure, path: str | Path) -> Path:
+    """Write `figure` as a PNG (100 dpi) atomically and close it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def crowds_start(steps: Sequence[int]) -> bool:
+    """True when the steps crowd the start of a linear axis (the median positive step is under a tenth of
+    the largest), as a log-spaced schedule 0, 1, 2, 4, 8, ... does: then a symlog axis reads better."""
+    positive = sorted(step for step in set(steps) if step > 0)
+    return len(positive) >= 3 and float(np.median(positive)) < 0.1 * positive[-1]
+
+
+def drift_figure(drift: Mapping[str, Mapping[int, tuple[float, float]]]) -> Figure:
+    """Two panels over optimizer steps (Figure 5): Pearson r and MSE of each probe's pattern vs its base.
+
+    `drift` = {probe: {step: (pearson, mse)}}, one line per probe. The step axis is symlog (linear
+    up to 1, so step 0 shows) when the steps crowd the start of a linear axis (`crowds_start`).
+    """
+    figure = Figure(figsize=(11, 4.2), dpi=100, layout="constrained")
+    pearson_axes, mse_axes = figure.subplots(1, 2)
+    all_steps = []
+    for probe, by_step in drift.items():
+        steps = sorted(by_step)
+        all_steps += steps
+        pearson_axes.plot(steps, [by_step[step][0] for step in steps], marker="o", markersize=3, label=probe)
+        mse_axes.plot(steps, [by_step[step][1] for step in steps], marker="o", markersize=3, label=probe)
+    log_steps = crowds_start(all_steps)
+    for axes, label in ((pearson_axes, "Pearson r with the base pattern"), (mse_axes, "MSE to the base pattern")):
+        if log_steps:
+            axes.set_xscale("symlog", linthresh=1)
+            axes.set_xticks(sorted(set(all_steps)), [str(step) for step in sorted(set(all_steps))])
+            axes.minorticks_off()
+        axes.set_xlabel("optimizer step" + (" (symlog)" if log_steps else ""))
+        axes.set_ylabel(label)
+        axes.grid(alpha=0.3)
+    pearson_axes.set_title("Similarity to the base model's pattern (scale-free)")
+    mse_axes.set_title("Distance from the base model's pattern (scale and shape)")
+    mse_axes.legend(fontsize=8, title="probe", title_fontsize=8, loc="best")
+    return figure
+
+
+def composition_figure(target: str, fits: Sequence[CompositionFit]) -> Figure:
+    """Horizontal bars of R^2 per subset of bases (Figure 4), best at the top."""
+    labels = [" + ".join(fit.bases) for fit in fits]
+    values = np.array([fit.r2 for fit in fits])
+    figure, axes = plt.subplots(figsize=(7.5, 1.2 + 0.32 * len(fits)), layout="constrained")
+    positions = np.arange(len(fits))
+    axes.barh(positions, values, color=np.where(values >= 0, "tab:blue", "tab:red"))
+    axes.set_yticks(positions, labels, fontsize=8)
+    axes.invert_yaxis()
+    for position, value in zip(positions, values):  # right of the bar, or of 0 for a negative one
+        axes.text(max(value, 0.0), position, f" {value:.3f}", va="center", ha="left", fontsize=8)
+    axes.set_xlim(min(0.0, values.min() * 1.05), 1.1)
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_xlabel("R$^2$ of the least-squares fit (no intercept)")
+    axes.set_title(f"Pattern change of {target} composed from {len(fits[0].bases)} bases", fontsize=10)
+    axes.grid(axis="x", alpha=0.3)
     return figure

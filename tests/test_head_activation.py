@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.data import DataLoader
 from transformers import LlamaForCausalLM
 
@@ -74,6 +75,32 @@ def make_trainer(tmp_path, callbacks, max_steps=4, logger=True, **kwargs):
                      enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks), **kwargs)
 
 
+def probe_run(log_dir: str, name: str) -> EventAccumulator:
+    """The events of probe `name`'s own TensorBoard run."""
+    return EventAccumulator(str(Path(log_dir) / f"probe_{name}"), size_guidance={"images": 0}).Reload()
+
+
+def custom_scalars_layout(log_dir: str | Path) -> dict[str, dict[str, list[str]]]:
+    """The custom-scalars layout in a run's events: {category: {chart title: [tag regexes]}}."""
+    events = EventAccumulator(str(log_dir)).Reload()
+    if "custom_scalars__config__" not in events.Tags()["tensors"]:
+        return {}
+    layout = layout_pb2.Layout.FromString(events.Tensors("custom_scalars__config__")[-1].tensor_proto.string_val[0])
+    return {category.title: {chart.title: list(chart.multiline.tag) for chart in category.chart}
+            for category in layout.category}
+
+
+def drift_layout_charts() -> dict[str, dict[str, list[str]]]:
+    """Every chart the layout must name, written out independently of the callback's code."""
+    return {
+        "head_drift": {"pearson vs base": ["^head_drift/pearson$"], "mse vs base": ["^head_drift/mse$"],
+                       "eval accuracy": ["^eval/.*"]},
+        "head_activation": {statistic: [f"^head_activation/{statistic}$"]
+                            for statistic in ("gini", "cv", "kurtosis", "mean")},
+        "head_probe": {"probe loss": ["^head_probe/loss$"]},
+    }
+
+
 def independent_gini(values: np.ndarray) -> float:
     values = values.ravel()
     return float(np.abs(values[:, None] - values[None, :]).sum() / (2 * values.size ** 2 * values.mean()))
@@ -98,27 +125,35 @@ def test_fit_in_hand_written_module_logs_and_saves(tmp_path, probes, tokenizer):
     torch.testing.assert_close(patterns["doubling"][5], activation_pattern(module.net, batches), rtol=1e-5, atol=0)
     torch.testing.assert_close(patterns["doubling"][0], activation_pattern(base_model, batches), rtol=1e-5, atol=0)
 
-    events = EventAccumulator(trainer.log_dir, size_guidance={"images": 0, "histograms": 0}).Reload()
+    events = EventAccumulator(trainer.log_dir, size_guidance={"images": 0}).Reload()
     tags = events.Tags()
-    for name in probes:
+    for name in probes:  # each probe is its own run, so TensorBoard gives each its own colour and legend entry
+        run = probe_run(trainer.log_dir, name)
+        run_tags = run.Tags()
         for statistic in ("gini", "cv", "kurtosis", "mean"):
-            assert f"head_activation/{name}/{statistic}" in tags["scalars"]
-        for tag in (f"head_drift/{name}/pearson", f"head_drift/{name}/mse", f"head_probe/{name}/loss"):
-            assert [e.step for e in events.Scalars(tag)] == [0, 1, 2, 4, 5]
-        assert f"head_activation/{name}/pattern" in tags["images"]
-        assert f"head_activation/{name}/change" in tags["images"]
-        assert f"head_activation/{name}/scores" in tags["histograms"]
-    assert "head_similarity/change_correlation" in tags["images"]
+            assert f"head_activation/{statistic}" in run_tags["scalars"]
+        for tag in ("head_drift/pearson", "head_drift/mse", "head_probe/loss"):
+            assert [e.step for e in run.Scalars(tag)] == [0, 1, 2, 4, 5]
+        assert [e.step for e in run.Images("head_activation/pattern")] == [0, 1, 2, 4, 5]
+        assert [e.step for e in run.Images("head_activation/change")] == [1, 2, 4, 5]
+        assert "head_activation/scores" in run_tags["histograms"]
+        assert not [tag for tag in tags["scalars"] if f"/{name}/" in tag and not tag.startswith("head_similarity/")]
+    assert [e.step for e in events.Images("head_similarity/change_correlation")] == [1, 2, 4, 5]
+    assert [e.step for e in events.Images("head_drift/figure")] == [5]
     assert "head_similarity/big/doubling" in tags["scalars"] or "head_similarity/doubling/big" in tags["scalars"]
 
     last = patterns["doubling"][5].numpy()
-    gini_logged = events.Scalars("head_activation/doubling/gini")[-1].value
+    doubling = probe_run(trainer.log_dir, "doubling")
+    gini_logged = doubling.Scalars("head_activation/gini")[-1].value
     assert gini_logged == pytest.approx(independent_gini(last), rel=1e-5)
-    drift = events.Scalars("head_drift/doubling/mse")[-1].value
+    drift = doubling.Scalars("head_drift/mse")[-1].value
     assert drift == pytest.approx(float(((last - patterns["doubling"][0].numpy()) ** 2).mean()), rel=1e-5)
-    assert events.Scalars("head_drift/doubling/pearson")[0].value == pytest.approx(1.0)
+    assert doubling.Scalars("head_drift/pearson")[0].value == pytest.approx(1.0)
+    assert doubling.Scalars("head_drift/pearson")[-1].value != pytest.approx(
+        probe_run(trainer.log_dir, "big").Scalars("head_drift/pearson")[-1].value)  # two probes, two series
     index = load_index(save_dir)
     assert index["probes"]["doubling"]["metrics"][5]["head_activation/gini"] == pytest.approx(gini_logged, rel=1e-6)
+    assert custom_scalars_layout(trainer.log_dir) == drift_layout_charts()
 
     # head_similarity/<a>/<b>: Pearson correlation of the two probes' changes since step 0, flattened.
     tag = next(tag for tag in tags["scalars"] if tag.startswith("head_similarity/") and "doubling" in tag
@@ -210,11 +245,14 @@ def test_resume_keeps_base_pattern_and_probes_no_step_twice(tmp_path, probes, to
         return callback, trainer
 
     whole, _ = run(tmp_path / "whole", 4)
-    run(tmp_path / "resumed", 2)
+    _, first = run(tmp_path / "resumed", 2)
     calls = []
     monkeypatch.setattr(head_activation, "score_heads", lambda *a, **k: (calls.append(1), score_heads(*a, **k))[1])
     checkpoint = tmp_path / "resumed" / "ckpt" / "epoch=0-step=2.ckpt"
-    resumed_callback, _ = run(tmp_path / "resumed", 4, ckpt_path=str(checkpoint))
+    resumed_callback, second = run(tmp_path / "resumed", 4, ckpt_path=str(checkpoint))
+    assert second.log_dir != first.log_dir  # the resumed run logs to a new run, which also gets the layout
+    assert custom_scalars_layout(first.log_dir) == custom_scalars_layout(second.log_dir) == drift_layout_charts()
+    assert [e.step for e in probe_run(second.log_dir, "doubling").Scalars("head_drift/pearson")] == [3, 4]
     assert resumed_callback.done_steps == [0, 1, 2, 3, 4]
     assert len(calls) == 2  # steps 3 and 4 only
     torch.testing.assert_close(resumed_callback.base_patterns["doubling"], whole.base_patterns["doubling"])
@@ -457,3 +495,49 @@ def test_schedule_arguments_are_validated():
         HeadActivationCallback({"p": "x"}, every_n_steps=0)
     log_spaced = HeadActivationCallback({"p": "x"})
     assert [s for s in range(70) if log_spaced.is_scheduled(s)] == [0, 1, 2, 4, 8, 16, 32, 64]
+
+
+def test_layout_is_written_without_step_0_in_the_schedule(tmp_path, probes, tokenizer):
+    callback = HeadActivationCallback({"doubling": probes["doubling"]}, steps=[2, 3], probe_at_end=False)
+    trainer = make_trainer(tmp_path, [callback], max_steps=3)
+    trainer.fit(HandWrittenModule(), train_loader(tokenizer))
+    assert callback.done_steps == [2, 3]
+    assert custom_scalars_layout(trainer.log_dir) == drift_layout_charts()
+
+
+def test_images_keep_step_0_and_the_last_within_tensorboards_ten_and_fixed_colour_limits(
+        tmp_path, probes, tokenizer, monkeypatch):
+    frames = []  # (probe, kind, step, colour limits the heatmap drew with, the pattern drawn)
+    original = head_activation.PatternHeatmap.frame
+
+    def record(heatmap, pattern, title):
+        pixels = original(heatmap, pattern, title)
+        name, step = title.split(" ")[0], int(title.rpartition(" ")[2])  # "<probe> ..., step <step>"
+        frames.append((name, "change" if "change" in title else "pattern", step, heatmap.image.get_clim(),
+                       np.array(pattern)))
+        return pixels
+
+    monkeypatch.setattr(head_activation.PatternHeatmap, "frame", record)
+    chosen = {"doubling": probes["doubling"], "big": probes["big"]}
+    callback = HeadActivationCallback(chosen, every_n_steps=1, probe_at_end=False)
+    trainer = make_trainer(tmp_path, [callback], max_steps=12)
+    trainer.fit(HandWrittenModule(), train_loader(tokenizer, count=48))
+    assert callback.done_steps == list(range(13))
+    saved = load_patterns(Path(trainer.log_dir) / "head_patterns")
+    for name in chosen:
+        steps = [e.step for e in probe_run(trainer.log_dir, name).Images("head_activation/pattern")]
+        assert len(steps) == 10 and steps[0] == 0 and steps[-1] == 12
+        for kind in ("pattern", "change"):
+            drawn = [frame for frame in frames if frame[:2] == (name, kind)]
+            assert [frame[2] for frame in drawn] == (steps if kind == "pattern" else steps[1:])
+            limits = {frame[3] for frame in drawn}
+            assert len(limits) == 1, f"{name} {kind}: colour limits change across steps: {limits}"
+            low, high = limits.pop()
+            values = np.stack([frame[4] for frame in drawn])
+            np.testing.assert_allclose(values, np.stack(
+                [(saved[name][s] - (saved[name][0] if kind == "change" else 0)).numpy() for s in [f[2] for f in drawn]]),
+                rtol=1e-6, atol=1e-9)
+            if kind == "pattern":
+                assert (low, high) == pytest.approx((values.min(), values.max()))
+            else:
+                assert (low, high) == pytest.approx((-np.abs(values).max(), np.abs(values).max()))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM
 
@@ -17,6 +18,7 @@ import lightning_sft.strategy  # noqa: F401  (strategy names used by the configs
 from lightning_sft.data import SFTDataModule
 from lightning_sft.module import SFTModule
 from lightning_sft.storage import load_patterns
+from train import main
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -133,11 +135,24 @@ def test_demo_config_fits_offline_and_leaves_checkpoint_events_export(tmp_path):
     export = run_dir / "hf_export"
     model = AutoModelForCausalLM.from_pretrained(export)
     assert model.config.num_hidden_layers == 4 and list(export.glob("*.safetensors"))
+    assert "hp_metric" not in events.Tags()["scalars"]
     probes = ("addition", "reversal", "sorting", "counting", "reversed_sum")
-    for probe in probes:  # the callback is on in the demo: drift and concentration curves for every probe
-        for tag in ("head_drift/{}/pearson", "head_drift/{}/mse", "head_activation/{}/gini", "head_probe/{}/loss"):
-            assert [event.step for event in events.Scalars(tag.format(probe))] == [0, 1, 2, 4, 8]
+    for probe in probes:  # the callback is on in the demo: drift and concentration curves, a run per probe
+        probe_events = EventAccumulator(str(run_dir / f"probe_{probe}")).Reload()
+        for tag in ("head_drift/pearson", "head_drift/mse", "head_activation/gini", "head_probe/loss"):
+            assert [event.step for event in probe_events.Scalars(tag)] == [0, 1, 2, 4, 8]
     assert sorted(load_patterns(run_dir / "head_patterns")) == sorted(probes)
+
+
+def test_default_logger_writes_no_hp_metric_placeholder(tmp_path):
+    cli = main(["--config", str(ROOT / "configs" / "demo.yaml"), "--trainer.default_root_dir", str(tmp_path),
+                "--trainer.callbacks", "[]"], run=False)
+    logger = cli.trainer.logger
+    assert isinstance(logger, TensorBoardLogger) and Path(logger.save_dir) == tmp_path
+    logger.log_hyperparams({"learning_rate": 0.003})  # what the Trainer does at fit start
+    logger.finalize("success")
+    events = EventAccumulator(logger.log_dir).Reload()
+    assert "hp_metric" not in events.Tags()["scalars"]
 
 
 def test_print_config_shows_every_option():

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Sequence
 
 from lightning_sft import stats
-from lightning_sft.analysis.plots import composition_figure, drift_figure, save_figure
 from lightning_sft.analysis.runs import Patterns
-from lightning_sft.plots import correlation_heatmap, pattern_heatmap
+from lightning_sft.plots import (composition_figure, correlation_heatmap, drift_figure, pattern_heatmap,
+                                 pattern_limits, save_figure)
 from lightning_sft.storage import atomic_write_text
 
 COEFFICIENT_PREFIX = "coefficient_"  # compose.csv column of a basis' coefficient, read back by `mix --from-compose`
@@ -108,10 +108,12 @@ def heatmaps_command(patterns: Patterns, out: Path) -> str:
     rows = []
     for probe in patterns.probes:
         base_step, base, last_step, last = patterns.base_and_last(probe)
+        limits = pattern_limits([base, last])  # base and last in one colour scale, so they compare
         figures = {
-            "base": pattern_heatmap(base, f"{probe}: step {base_step} (base)"),
-            "last": pattern_heatmap(last, f"{probe}: step {last_step}"),
-            "change": pattern_heatmap(last - base, f"{probe}: step {last_step} - step {base_step}", diverging=True),
+            "base": pattern_heatmap(base, f"{probe}: step {base_step} (base)", limits),
+            "last": pattern_heatmap(last, f"{probe}: step {last_step}", limits),
+            "change": pattern_heatmap(last - base, f"{probe}: step {last_step} - step {base_step}",
+                                      pattern_limits([last - base], diverging=True), diverging=True),
         }
         for kind, figure in figures.items():
             rows.append([probe, kind, save_figure(figure, out / f"heatmap_{probe.replace('/', '__')}_{kind}.png")])
