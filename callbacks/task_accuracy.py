@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
-from callbacks.head_activation import _drift_layout
+from callbacks.head_activation import drift_layout
 from callbacks.schedule import Schedule
 from lightning_sft.evaluation import TaskData, evaluate, get_task, load_task
 from lightning_sft.models import model_of, tokenizer_for
@@ -140,9 +140,9 @@ class TaskAccuracyCallback(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, TensorBoardLogger):
-                # TensorBoard shows one layout per run (the last written): ours holds HeadActivationCallback's
-                # charts too, and is rewritten at every evaluation so that it is the last
-                logger.experiment.add_custom_scalars(accuracy_layout())
+                # TensorBoard shows one layout per run (the last written): both callbacks write this same one,
+                # whose "eval accuracy" chart sits beside the drift charts
+                logger.experiment.add_custom_scalars(drift_layout())
             logger.save()
 
     @override
@@ -153,15 +153,3 @@ class TaskAccuracyCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.done_steps = list(state_dict["done_steps"])
 
-
-def accuracy_layout() -> dict[str, Any]:
-    """TensorBoard custom-scalars layout: every task's accuracy on one chart, beside every probe's drift (and
-    HeadActivationCallback's own charts)."""
-    return {
-        **_drift_layout(),
-        "accuracy beside drift": {
-            "task accuracy": ["Multiline", [r"eval/.*"]],
-            "head drift (pearson vs base)": ["Multiline", [r"head_drift/.*/pearson"]],
-            "head drift (mse vs base)": ["Multiline", [r"head_drift/.*/mse"]],
-        },
-    }

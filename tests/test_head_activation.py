@@ -501,7 +501,7 @@ def test_layout_is_written_without_step_0_in_the_schedule(tmp_path, probes, toke
     callback = HeadActivationCallback({"doubling": probes["doubling"]}, steps=[2, 3], probe_at_end=False)
     trainer = make_trainer(tmp_path, [callback], max_steps=3)
     trainer.fit(HandWrittenModule(), train_loader(tokenizer))
-    assert callback.done_steps == [2, 3]
+    assert callback.done_steps == [0, 2, 3]  # the base (step 0) is probed whatever the schedule
     assert custom_scalars_layout(trainer.log_dir) == drift_layout_charts()
 
 
