@@ -1,7 +1,7 @@
 """Scenario 1 of the paper on the demo's tasks: do a few complex-task rows learn better beside basic-task rows
 mixed by the composition coefficients? Judged by held-out `reversed_sum` exact match.
 
-    python experiments/scenario1.py --out docs/scenarios/scenario1    # 4 conditions x 3 seeds, table + plot
+    python -m experiments.scenario1 --out runs/scenario1    # 4 conditions x 3 seeds: table, results, plot
 
 Every condition trains the demo's tiny Llama (experiments/demo_runs.py) from the same random initialisation
 per seed, for the same number of optimizer steps of batch 32 (the budget):

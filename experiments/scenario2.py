@@ -2,7 +2,7 @@
 as a probe), do the `k` pool rows whose head pattern correlates best with the target's train a better model
 than `k` random rows of the same pool? Judged by held-out `reversed_sum` exact match.
 
-    python -m experiments.scenario2 --out docs/scenarios/scenario2    # 2 conditions x 3 seeds, table + plot
+    python -m experiments.scenario2 --out runs/scenario2    # 2 conditions x 3 seeds: table, results, plot
 
 1. The selecting model: the demo's tiny Llama trained briefly (`--base-steps`) on the four basic tasks only,
    never on reversed_sum. The paper selects with the pretrained base model; the demo's base is a random
