@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.demo_runs import held_out
+from experiments.demo_runs import held_out, write_results
 from experiments.scenario1 import pair_coefficients, training_sets
 from lightning_sft.stats import mixture_counts
 
@@ -83,7 +83,7 @@ def check_results(out: Path, conditions: list[str], steps: int) -> None:
     for row in table:
         curves = results["curves"][row["condition"]]
         assert len(curves) == 2 and all(curve[-1][0] == steps for curve in curves)
-        assert [point[0] for point in curves[0]] == [steps // 4, steps // 2, 3 * steps // 4, steps]
+        assert [point[0] for point in curves[0]][-1] == steps
         finals, losses = [curve[-1][1] for curve in curves], [curve[-1][2] for curve in curves]
         assert all(0 <= value <= 1 for value in finals) and all(value > 0 for value in losses)
         assert [float(row["exact_match_seed_0"]), float(row["exact_match_seed_1"])] == finals
@@ -96,12 +96,23 @@ def check_results(out: Path, conditions: list[str], steps: int) -> None:
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_write_results_tables_agree_with_the_curves(tmp_path):
+    curves = {"a": [[[6, 0.5, 2.0], [24, 0.25, 1.5]], [[6, 0.0, 3.0], [24, 0.75, 1.0]]],
+              "b": [[[6, 0.0, 4.0], [24, 0.125, 2.5]], [[6, 0.0, 4.0], [24, 0.125, 3.5]]]}
+    table = write_results(tmp_path, "title", curves, {"seeds": [0, 1]})
+    check_results(tmp_path, ["a", "b"], steps=24)
+    assert "| a | 0.500 ± 0.354 | 0.250, 0.750 | 1.250 ± 0.354 |" in table
+    assert "| b | 0.125 ± 0.000 | 0.125, 0.125 | 3.000 ± 0.707 |" in table
+
+
 @pytest.mark.slow
 def test_scenario1_end_to_end(tmp_path, compose_csv):
     out = tmp_path / "s1"
     run_scenario("experiments.scenario1", out, "--compose", str(compose_csv), "--complex-rows", "4",
                  "--basic-rows", "16")
     check_results(out, ["composed", "unrelated", "uniform", "complex"], steps=24)
+    curve = json.loads((out / "results.json").read_text())["curves"]["composed"][0]
+    assert [point[0] for point in curve] == [6, 12, 18, 24]  # every quarter of the budget
     settings = json.loads((out / "results.json").read_text())["settings"]
     assert settings["basic_rows_by_condition"] == {"composed": {"addition": 12, "reversal": 4},
                                                    "unrelated": {"sorting": 16}}
