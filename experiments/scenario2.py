@@ -55,8 +55,9 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.seeds) < 2:
         raise ValueError(f"--seeds {args.seeds}; pass at least 2 seeds (the table gives mean ± std)")
-    if args.k > 5 * args.pool_per_task:
-        raise ValueError(f"--k {args.k} exceeds the pool (5 x --pool-per-task = {5 * args.pool_per_task} rows)")
+    pool_rows = len(TASKS) * args.pool_per_task
+    if args.k > pool_rows:
+        raise ValueError(f"--k {args.k} exceeds the pool ({len(TASKS)} tasks x --pool-per-task = {pool_rows} rows)")
     started = time.perf_counter()
     base_rng = random.Random(BASE_SEED)
     base_rows = [TASKS[BASIC[index % len(BASIC)]](base_rng) for index in range(args.base_rows)]
@@ -92,7 +93,7 @@ def main() -> None:
     rows_table = markdown_table(["seed", "set", *TASKS], composition)
     atomic_write_text(args.out / "composition.md", f"Rows per task in each training set ({args.k} rows)\n\n"
                                                   f"{rows_table}")
-    title = (f"Scenario 2 on the demo: {args.k} of {5 * args.pool_per_task} pool rows, selected by pattern "
+    title = (f"Scenario 2 on the demo: {args.k} of {pool_rows} pool rows, selected by pattern "
              f"correlation with {args.target_rows} {TARGET} rows vs random; {args.steps} steps from a model "
              f"trained {args.base_steps} steps on the basic tasks")
     settings = vars(args) | {"out": str(args.out), "composition": composition, "selecting_model_curve": base_curve,

@@ -13,7 +13,6 @@ import pytest
 
 from experiments.demo_runs import held_out, write_results
 from experiments.scenario1 import pair_coefficients, training_sets
-from lightning_sft.stats import mixture_counts
 
 ROOT = Path(__file__).parents[1]
 COMPOSE_HEADER = "rank,r2,bases,coefficient_addition,coefficient_reversal,coefficient_sorting,coefficient_counting\n"
