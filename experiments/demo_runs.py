@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from callbacks import TaskAccuracyCallback
 from lightning_sft.analysis.commands import markdown_table, write_csv
-from lightning_sft.analysis.plots import save_figure
+from lightning_sft.plots import save_figure
 from lightning_sft.data import SFTDataModule
 from lightning_sft.demo import TASKS
 from lightning_sft.module import SFTModule

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from experiments.demo_runs import BASIC, TARGET, Curve, held_out, train, write_results, write_rows
 from lightning_sft.analysis.commands import markdown_table
-from lightning_sft.analysis.scenarios import select_command
+from lightning_sft.select import select_command
 from lightning_sft.demo import TASKS
 from lightning_sft.storage import atomic_write_text
 
@@ -35,7 +35,7 @@ BASE_SEED = 1_000  # the selecting model's data and initialisation, apart from t
 def select_rows(model: str, target: str, pool: str, k: int, out: Path) -> list[dict]:
     """The `k` rows of `pool` that pattern selection (Scenario 2) picks with `model`, best first.
 
-    The one place this experiment calls selection (`python -m lightning_sft.analysis select`'s function)."""
+    The one place this experiment calls selection (`python -m lightning_sft.select`'s function)."""
     select_command(model, target, Path(pool), k, out, batch_size=64, max_length=64)
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 
