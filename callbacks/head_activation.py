@@ -22,7 +22,6 @@ the base patterns from the checkpoint and goes on writing there (not into the ne
 directory holds step 0 and every later step. A fresh run refuses a directory that already holds patterns.
 """
 
-import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -36,12 +35,12 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.tensorboard import SummaryWriter
-from transformers import AutoTokenizer, PreTrainedModel
 from typing_extensions import override
 
 from callbacks.schedule import Schedule
 from lightning_sft import stats
 from lightning_sft.data import collate_batches, load_examples
+from lightning_sft.models import model_of, pad_token_id, tokenizer_for
 from lightning_sft.patterns import score_heads
 from lightning_sft.plots import CorrelationHeatmap, PatternHeatmap, drift_figure, pattern_limits
 from lightning_sft.storage import INDEX_NAME, check_probe_name, load_index, save_pattern
@@ -178,15 +177,10 @@ class HeadActivationCallback(Callback):
             self._batches[name] = self._load_probe(name, source, tokenizer)
 
     def _find_tokenizer(self, pl_module: "L.LightningModule") -> Any:
-        if self.tokenizer is not None:
-            return AutoTokenizer.from_pretrained(self.tokenizer)
-        tokenizer = getattr(pl_module, "tokenizer", None)
-        if tokenizer is None and any(not isinstance(source, list) for source in self.probes.values()):
-            raise ValueError(
-                "HeadActivationCallback needs a tokenizer for file/dataset probes: pass `tokenizer=` "
-                f"or give {type(pl_module).__name__} a `tokenizer` attribute."
-            )
-        return tokenizer
+        """The tokenizer for file/dataset probes (`models.tokenizer_for`); None when every probe is pre-tokenized."""
+        if all(isinstance(source, list) for source in self.probes.values()) and self.tokenizer is None:
+            return getattr(pl_module, "tokenizer", None)
+        return tokenizer_for(self.tokenizer, pl_module, "HeadActivationCallback (file/dataset probes)")
 
     def _load_probe(self, name: str, source: ProbeSource, tokenizer: Any) -> list[dict[str, torch.Tensor]]:
         """Tokenizes (or checks) a probe set and cuts it into padded batches."""
@@ -203,44 +197,13 @@ class HeadActivationCallback(Callback):
         if not examples:
             raise ValueError(f"probe set {name!r} ({_describe(source)}) is empty; give it at least one example.")
         examples = examples[: self.max_examples]
-        pad_id = getattr(tokenizer, "pad_token_id", None) or 0
-        return collate_batches(examples, pad_id, self.batch_size)
-
-    def _find_model(self, pl_module: "L.LightningModule") -> PreTrainedModel:
-        if self.model_attribute is not None:
-            model, path = pl_module, type(pl_module).__name__
-            for part in self.model_attribute.split("."):
-                if not hasattr(model, part):
-                    raise ValueError(
-                        f"{path} ({type(model).__name__}) has no attribute {part!r}; model_attribute="
-                        f"{self.model_attribute!r} must name the attribute path to the transformers model."
-                    )
-                model, path = getattr(model, part), f"{path}.{part}"
-            if not isinstance(model, PreTrainedModel):
-                raise ValueError(
-                    f"{path} is {type(model).__name__}, not a transformers PreTrainedModel; "
-                    "name the attribute that holds it with model_attribute=."
-                )
-            return model
-        found = {name: child for name, child in pl_module.named_children() if isinstance(child, PreTrainedModel)}
-        if len(found) != 1:
-            raise ValueError(
-                f"HeadActivationCallback found {len(found)} transformers models on {type(pl_module).__name__} "
-                f"({sorted(found)}); pass model_attribute= the one to probe."
-            )
-        return next(iter(found.values()))
+        return collate_batches(examples, 0 if tokenizer is None else pad_token_id(tokenizer), self.batch_size)
 
     @override
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         # Here, not in setup: a checkpoint is restored after setup (under DeepSpeed after on_fit_start).
         self._open_store(trainer)
-        last_step = trainer.estimated_stepping_batches  # max_steps, or max_epochs x optimizer steps per epoch
-        if self.steps is not None and math.isfinite(last_step) and self.steps[-1] > last_step:
-            rank_zero_warn(
-                f"HeadActivationCallback steps {[s for s in self.steps if s > last_step]} are beyond the last "
-                f"step of this run, {int(last_step)} (trainer.max_steps={trainer.max_steps}, "
-                f"max_epochs={trainer.max_epochs}), and will never be probed."
-            )
+        self.schedule.warn_beyond(trainer, "probed")
         self._probe_if_due(trainer, pl_module)
 
     def _open_store(self, trainer: "L.Trainer") -> None:
@@ -310,7 +273,7 @@ class HeadActivationCallback(Callback):
 
     def _probe(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         step = trainer.global_step
-        model = self._find_model(pl_module)
+        model = model_of(pl_module, self.model_attribute, "HeadActivationCallback")
         patterns, metrics = {}, {}
         for name, batches in self._batches.items():
             started = time.perf_counter()

@@ -1,5 +1,10 @@
 """When a measuring callback runs: the schedule HeadActivationCallback and TaskAccuracyCallback share."""
 
+import math
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_warn
+
 
 class Schedule:
     """Optimizer steps to measure at (0 = the base model, before any update).
@@ -21,6 +26,7 @@ class Schedule:
             raise ValueError(f"{owner}: every_n_steps={every_n_steps} must be >= 1.")
         self.steps = sorted(set(steps)) if steps is not None else None
         self.every_n_steps = every_n_steps
+        self.owner = owner
 
     def is_due(self, step: int) -> bool:
         """Whether optimizer step `step` is on the schedule."""
@@ -30,6 +36,12 @@ class Schedule:
             return step % self.every_n_steps == 0
         return step == 0 or step & (step - 1) == 0
 
-    def beyond(self, max_steps: int) -> list[int]:
-        """Listed steps a run of `max_steps` (> 0) never reaches."""
-        return [step for step in self.steps or [] if max_steps > 0 and step > max_steps]
+    def warn_beyond(self, trainer: Any, what: str) -> None:
+        """Warn (rank 0) about listed steps past the run's last optimizer step, whether `max_steps` or
+        `max_epochs` bounds it (`trainer.estimated_stepping_batches`; call it from `on_train_start`)."""
+        last_step = trainer.estimated_stepping_batches
+        beyond = [step for step in self.steps or [] if math.isfinite(last_step) and step > last_step]
+        if beyond:
+            rank_zero_warn(f"{self.owner} steps {beyond} are beyond the last step of this run, {int(last_step)}"
+                           f" (trainer.max_steps={trainer.max_steps}, max_epochs={trainer.max_epochs}), and will"
+                           f" never be {what}.")

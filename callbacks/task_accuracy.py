@@ -96,9 +96,6 @@ class TaskAccuracyCallback(Callback):
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
-        if beyond := self.schedule.beyond(trainer.max_steps):
-            rank_zero_warn(f"TaskAccuracyCallback steps {beyond} are beyond trainer.max_steps={trainer.max_steps}"
-                           " and will never be evaluated.")
         if not trainer.loggers:
             rank_zero_warn("TaskAccuracyCallback: the trainer has no logger, so the accuracies go nowhere.")
         self._tokenizer = tokenizer_for(self.tokenizer_name, pl_module, "TaskAccuracyCallback")
@@ -108,6 +105,7 @@ class TaskAccuracyCallback(Callback):
 
     @override
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self.schedule.warn_beyond(trainer, "evaluated")
         self._evaluate_if_due(trainer, pl_module)
 
     @override

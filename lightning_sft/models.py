@@ -178,13 +178,19 @@ def tokenizer_for(name: str | None, module: Any, who: str) -> PreTrainedTokenize
 
 
 def model_of(module: Any, attribute: str | None, who: str) -> PreTrainedModel:
-    """The transformers model inside a LightningModule: `module.<attribute>`, else its one child that is a
-    `PreTrainedModel`. `who` names the component asking, for the error."""
+    """The transformers model inside a LightningModule: `module.<attribute>` (a dotted path when nested,
+    "backbone.model"), else its one child that is a `PreTrainedModel`. `who` names the component asking,
+    for the error."""
     if attribute is not None:
-        model = getattr(module, attribute, None)
+        model, path = module, type(module).__name__
+        for part in attribute.split("."):
+            if not hasattr(model, part):
+                raise ValueError(f"{who}: {path} ({type(model).__name__}) has no attribute {part!r}; model_attribute="
+                                 f"{attribute!r} must name the attribute path to the transformers model")
+            model, path = getattr(model, part), f"{path}.{part}"
         if not isinstance(model, PreTrainedModel):
-            raise ValueError(f"{who}: {type(module).__name__}.{attribute} is {type(model).__name__}, not a"
-                             " transformers PreTrainedModel; name the attribute that holds it")
+            raise ValueError(f"{who}: {path} is {type(model).__name__}, not a transformers PreTrainedModel; name the"
+                             " attribute that holds it with model_attribute=")
         return model
     found = {name: child for name, child in module.named_children() if isinstance(child, PreTrainedModel)}
     if len(found) != 1:

@@ -21,6 +21,7 @@ from lightning_sft import stats
 from lightning_sft.analysis.runs import load_runs
 from lightning_sft.data import SFTDataModule, collate, collate_batches, load_examples
 from lightning_sft.module import SFTModule
+from lightning_sft.models import model_of
 from lightning_sft.patterns import activation_pattern, score_heads
 from lightning_sft.storage import load_index, load_pattern_file, load_patterns, pattern_path
 from lightning_sft.tokenizer import byte_tokenizer
@@ -348,9 +349,9 @@ def test_nested_model_attribute_and_per_example_scores(tmp_path, probes, tokeniz
     base_model = LlamaForCausalLM(tiny_llama_config())
     base_model.load_state_dict(module.lit.backbone.model.state_dict())
     with pytest.raises(ValueError, match="found 0 transformers models"):
-        HeadActivationCallback(probes)._find_model(module)
+        model_of(module, None, "HeadActivationCallback")
     with pytest.raises(ValueError, match=r"HandWrittenModule.lit.backbone \(Module\) has no attribute 'mdl'"):
-        HeadActivationCallback(probes, model_attribute="lit.backbone.mdl")._find_model(module)
+        model_of(module, "lit.backbone.mdl", "HeadActivationCallback")
     with pytest.raises(ValueError, match="not an attribute path"):
         HeadActivationCallback(probes, model_attribute="lit..model")
 
