@@ -25,6 +25,7 @@ from pathlib import Path
 
 from experiments.demo_runs import BASIC, TARGET, Curve, held_out, train, write_results, write_rows
 from lightning_sft.analysis.commands import markdown_table
+from lightning_sft.score import ScoringOptions
 from lightning_sft.select import select_command
 from lightning_sft.demo import TASKS
 from lightning_sft.storage import atomic_write_text
@@ -36,7 +37,7 @@ def select_rows(model: str, target: str, pool: str, k: int, out: Path) -> list[d
     """The `k` rows of `pool` that pattern selection (Scenario 2) picks with `model`, best first.
 
     The one place this experiment calls selection (`python -m lightning_sft.select`'s function)."""
-    select_command(model, target, Path(pool), k, out, batch_size=64, max_length=64)
+    select_command(model, target, Path(pool), k, out, ScoringOptions(batch_size=64, max_length=64))
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 
 

@@ -13,6 +13,7 @@ because a fit is configured by nested YAML (model, data, trainer, callbacks).
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -49,25 +50,35 @@ def score_examples(
     return score_heads(model, collate_batches(examples, pad_token_id(tokenizer), batch_size), progress=True)
 
 
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How the scoring commands read rows and run the model: `batch_size` examples per scored batch,
+    `max_length` tokens kept per example, `dtype` (None: `scoring_device_and_dtype`'s default), the row
+    `format` and benchmark `adapter` of `lightning_sft.data`. `add_model_arguments` exposes them as flags."""
+
+    batch_size: int = 8
+    max_length: int = 1024
+    dtype: str | None = None
+    format: str = "auto"
+    adapter: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ScoringOptions":
+        return cls(args.batch_size, args.max_length, args.dtype, args.format, args.adapter)
+
+
 def score_command(
-    model_source: str,
-    probe: str,
-    out: Path,
-    *,
-    batch_size: int = 8,
-    max_length: int = 1024,
+    model_source: str, probe: str, out: Path, options: ScoringOptions = ScoringOptions(),
     max_examples: int | None = None,
-    dtype: str | None = None,
-    format: str = "auto",
-    adapter: str | None = None,
 ) -> str:
-    """Score the model `model_source` on the probe file `probe` and write the scores to `out`; returns what
-    to print. The tokenizer and probe are read before the model loads, so their errors come at once."""
+    """Score the model `model_source` on the probe file `probe` (its first `max_examples` rows) and write the
+    scores to `out`; returns what to print. The tokenizer and probe are read before the model loads, so their
+    errors come at once."""
     tokenizer = load_tokenizer(model_source)
-    examples = load_examples(probe, tokenizer, format=format, adapter=adapter, max_length=max_length,
-                             max_examples=max_examples)
-    model = load_scoring_model(model_source, dtype)
-    scores = score_examples(model, examples, tokenizer, batch_size)
+    examples = load_examples(probe, tokenizer, format=options.format, adapter=options.adapter,
+                             max_length=options.max_length, max_examples=max_examples)
+    model = load_scoring_model(model_source, options.dtype)
+    scores = score_examples(model, examples, tokenizer, options.batch_size)
     save_scores(out, scores.pattern, scores.per_example, scores.losses, metadata={
         "model": str(model_source), "probe": str(probe), "dtype": str(model.dtype).removeprefix("torch."),
         "skipped": str(scores.skipped)})
@@ -84,8 +95,8 @@ def _positive(text: str) -> int:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --batch-size, --max-length, --dtype, --format and --adapter, as score and select read them."""
-    parser.add_argument("--model", required=True, help="model directory written by save_pretrained (with its"
-                                                       " tokenizer), or a hub id")
+    parser.add_argument("--model", required=True, help="a save_pretrained folder (with its tokenizer), a .gguf file,"
+                                                       " package:NAME or a hub id")
     parser.add_argument("--batch-size", type=_positive, default=8, help="examples per scored batch")
     parser.add_argument("--max-length", type=int, default=1024, help="tokens kept per example")
     parser.add_argument("--dtype", choices=list(DTYPES),
@@ -116,9 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     run_command(parser, lambda args: score_command(
-        args.model, args.probe, args.out, batch_size=args.batch_size, max_length=args.max_length,
-        max_examples=args.max_examples, dtype=args.dtype, format=args.format, adapter=args.adapter),
-        parser.parse_args(argv))
+        args.model, args.probe, args.out, ScoringOptions.from_args(args), args.max_examples), parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -17,22 +17,12 @@ import numpy as np
 from lightning_sft import stats
 from lightning_sft.data import load_examples, read_rows, tokenize_row
 from lightning_sft.models import load_tokenizer
-from lightning_sft.score import add_model_arguments, load_scoring_model, run_command, score_examples
+from lightning_sft.score import ScoringOptions, add_model_arguments, load_scoring_model, run_command, score_examples
 from lightning_sft.storage import atomic_write_text
 
 
 def select_command(
-    model_path: str,
-    target: str,
-    pool: Path,
-    k: int,
-    out: Path,
-    *,
-    batch_size: int = 8,
-    max_length: int = 1024,
-    dtype: str | None = None,
-    format: str = "auto",
-    adapter: str | None = None,
+    model_path: str, target: str, pool: Path, k: int, out: Path, options: ScoringOptions = ScoringOptions()
 ) -> str:
     """Scenario 2: the `k` pool rows whose head pattern correlates best with the target set's (Eq. 5).
 
@@ -46,11 +36,12 @@ def select_command(
     rows = read_rows(pool)
     tokenizer = load_tokenizer(model_path)
     # The target first: it checks --format, --adapter and --max-length before the pool loop relies on them.
-    target_examples = load_examples(target, tokenizer, format=format, adapter=adapter, max_length=max_length)
+    reading = {"format": options.format, "adapter": options.adapter, "max_length": options.max_length}
+    target_examples = load_examples(target, tokenizer, **reading)
     candidates, candidate_lines = [], []
     for position, (place, row) in enumerate(zip(rows.places, rows)):
         try:
-            example = tokenize_row(row, tokenizer, format=format, adapter=adapter, max_length=max_length)
+            example = tokenize_row(row, tokenizer, **reading)
         except (ValueError, KeyError, TypeError) as error:  # TypeError: e.g. a list where text belongs
             raise ValueError(f"{place}: cannot be formatted: {error}") from error
         if example is not None:  # rows without a supervised token within max_length cannot be scored
@@ -60,13 +51,13 @@ def select_command(
     if k > len(candidates):
         raise ValueError(
             f"--k {k} but only {len(candidates)} of the {len(rows)} pool rows can be scored ({skipped} have no "
-            f"supervised token within --max-length {max_length}); pass a smaller --k"
+            f"supervised token within --max-length {options.max_length}); pass a smaller --k"
         )
-    model = load_scoring_model(model_path, dtype)
-    target_pattern = score_examples(model, target_examples, tokenizer, batch_size).pattern.double().numpy()
+    model = load_scoring_model(model_path, options.dtype)
+    target_pattern = score_examples(model, target_examples, tokenizer, options.batch_size).pattern.double().numpy()
     # Pool rows scored shortest first (less padding), then put back in pool order.
     order = sorted(range(len(candidates)), key=lambda position: len(candidates[position]["input_ids"]))
-    scores = score_examples(model, [candidates[position] for position in order], tokenizer, batch_size)
+    scores = score_examples(model, [candidates[position] for position in order], tokenizer, options.batch_size)
     if scores.skipped or len(scores.per_example) != len(candidates):
         raise RuntimeError(f"the scorer kept {len(scores.per_example)} of {len(candidates)} pool rows that have "
                            "supervised tokens; lightning_sft.data and lightning_sft.patterns disagree on labels")
@@ -96,9 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     run_command(parser, lambda args: select_command(
-        args.model, args.target, args.pool, args.k, args.out, batch_size=args.batch_size,
-        max_length=args.max_length, dtype=args.dtype, format=args.format, adapter=args.adapter),
-        parser.parse_args(argv))
+        args.model, args.target, args.pool, args.k, args.out, ScoringOptions.from_args(args)), parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -83,8 +83,9 @@ def exported_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
-def assert_equal_to_one_process(saved: torch.Tensor, model: torch.nn.Module, batches: list) -> None:
-    """The callback's pattern from the 2-rank fit equals one process's scoring bit for bit.
+def assert_equal_to_one_process(saved: torch.Tensor, model: torch.nn.Module, probe: Path) -> None:
+    """The callback's pattern from the 2-rank fit equals one process's scoring of `probe` (in the callback's
+    batches of 2) bit for bit.
 
     Why exact: under `bf16-true` Lightning casts the whole module to bf16, buffers included (RoPE's
     `inv_freq`, which `from_pretrained` keeps in float32: that alone moves patterns by ~6e-4 relative), so the
@@ -92,6 +93,8 @@ def assert_equal_to_one_process(saved: torch.Tensor, model: torch.nn.Module, bat
     as here, and `score_heads`' all_reduce sums each example's row with exact zeros from the other ranks; the
     mean over examples is taken afterwards, on the same rows in the same order. No rounding differs.
     """
+    examples = load_examples(str(probe), byte_tokenizer())
+    batches = [collate(examples[i:i + 2], 0) for i in range(0, len(examples), 2)]
     torch.testing.assert_close(saved, activation_pattern(model.to(torch.bfloat16).eval(), batches), rtol=0, atol=0)
 
 
@@ -129,10 +132,8 @@ def test_zero_fit_resume_export_and_probes(tmp_path, stage):
     assert sorted(whole_patterns) == sorted(resumed_patterns) == [0, 3, 6]
     for step in whole_patterns:
         torch.testing.assert_close(resumed_patterns[step], whole_patterns[step], rtol=1e-6, atol=0)
-    examples = load_examples(str(inputs[2]), byte_tokenizer())
-    batches = [collate(examples[i:i + 2], 0) for i in range(0, len(examples), 2)]
-    assert_equal_to_one_process(whole_patterns[0], pretrained, batches)
-    assert_equal_to_one_process(whole_patterns[6], reloaded, batches)
+    assert_equal_to_one_process(whole_patterns[0], pretrained, inputs[2])
+    assert_equal_to_one_process(whole_patterns[6], reloaded, inputs[2])
 
 
 @pytest.mark.slow
@@ -154,10 +155,8 @@ def test_ddp_and_zero_offload_fit_with_probes(tmp_path, strategy):
     name = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(exported.state_dict()[name], pretrained.state_dict()[name])
     patterns = load_patterns(run / "head_patterns")["times3"]
-    examples = load_examples(str(inputs[2]), byte_tokenizer())
-    batches = [collate(examples[i:i + 2], 0) for i in range(0, len(examples), 2)]
-    assert_equal_to_one_process(patterns[0], pretrained, batches)
-    assert_equal_to_one_process(patterns[2], exported, batches)
+    assert_equal_to_one_process(patterns[0], pretrained, inputs[2])
+    assert_equal_to_one_process(patterns[2], exported, inputs[2])
 
 
 @pytest.mark.slow
