@@ -64,10 +64,10 @@ def train(rows_file: str, eval_file: str, seed: int, steps: int, folder: Path, *
     if steps < 4 or steps % 4:
         raise ValueError(f"steps={steps}; pass a positive multiple of 4 (evaluated at each quarter)")
     settings = yaml.safe_load(DEMO_CONFIG.read_text())["model"]
-    optimizer = {key: value for key, value in settings.items() if key not in ("config", "tokenizer")}
+    training = {key: value for key, value in settings.items() if key not in ("config", "tokenizer")}  # dtype: float32
     L.seed_everything(seed, verbose=False)
     source = {"pretrained": pretrained} if pretrained else {"config": settings["config"], "tokenizer": "byte"}
-    module = SFTModule(**source, **optimizer, dtype="float32", export_dir="hf_export" if export else None)
+    module = SFTModule(**source, **training, export_dir="hf_export" if export else None)
     data = SFTDataModule(train=rows_file, val=eval_file, max_length=64, batch_size=32, seed=seed)
     logger = CSVLogger(folder, name="", version="")
     quarters = [steps // 4 * quarter for quarter in (1, 2, 3)]
