@@ -16,6 +16,8 @@ same messages.
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -197,6 +199,23 @@ def model_of(module: Any, attribute: str | None, who: str) -> PreTrainedModel:
         raise ValueError(f"{who} found {len(found)} transformers models on {type(module).__name__} ({sorted(found)});"
                          " pass model_attribute= the one to use")
     return next(iter(found.values()))
+
+
+@contextmanager
+def left_as_found(model: torch.nn.Module) -> Iterator[None]:
+    """Afterwards (also on error) every module's training flag and the CPU and CUDA RNG states are as they
+    were before: what scoring and evaluation promise, so that training with them equals training without."""
+    modes = [(module, module.training) for module in model.modules()]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:

@@ -32,6 +32,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from lightning_sft.head_scored_attention import HeadScoredAttention
+from lightning_sft.models import left_as_found
 from lightning_sft.labels import IGNORE_INDEX
 
 ATTENTION_NAME = "lightning_sft_head_scores"
@@ -171,23 +172,16 @@ def _probing(model: PreTrainedModel) -> Iterator[_Probe]:
     if _active_probe is not None:
         raise RuntimeError("score_heads is already running (nested or concurrent calls are not supported)")
     implementations = [(config, config._attn_implementation_internal) for config in _configs(model)]
-    modes = [(module, module.training) for module in model.modules()]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    try:
-        model.set_attn_implementation(_text_request(model))
-        model.eval()
-        _active_probe = _Probe(family)
-        yield _active_probe
-    finally:
-        _active_probe = None
-        for config, implementation in implementations:
-            config._attn_implementation_internal = implementation
-        for module, training in modes:
-            module.training = training
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
+    with left_as_found(model):
+        try:
+            model.set_attn_implementation(_text_request(model))
+            model.eval()
+            _active_probe = _Probe(family)
+            yield _active_probe
+        finally:
+            _active_probe = None
+            for config, implementation in implementations:
+                config._attn_implementation_internal = implementation
 
 
 def _check_batch(index: int, batch: Mapping) -> dict[str, Tensor]:

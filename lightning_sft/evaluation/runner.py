@@ -16,7 +16,7 @@ from lightning_sft.data import read_rows
 from lightning_sft.evaluation.scoring import (
     continuation_loglikelihoods, encode_pair, encode_prompt, greedy_generate, rank_and_world, shard)
 from lightning_sft.evaluation.tasks import ChoiceRequest, GenerationRequest, Request, Task, get_task
-from lightning_sft.models import pad_token_id
+from lightning_sft.models import left_as_found, pad_token_id
 
 
 @dataclass
@@ -74,19 +74,9 @@ def load_task(name: str, source: str | Path | dict, *, fewshot: str | Path | dic
 def _evaluating(model: PreTrainedModel) -> Iterator[None]:
     """Eval mode and no autograd; afterwards (also on error) every module's training flag and the CPU and CUDA
     RNG states are as they were."""
-    modes = [(module, module.training) for module in model.modules()]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    try:
+    with left_as_found(model), torch.no_grad():
         model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
+        yield
 
 
 def _choice_results(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: list[ChoiceRequest],
