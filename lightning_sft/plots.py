@@ -27,8 +27,7 @@ class RedrawnFigure:
     """A figure drawn once, whose `changing` artists are redrawn alone (blitted) for each new frame.
 
     Everything else (axes, ticks, labels, colour bar) is rendered once and copied back for each frame,
-    so a frame costs the few changing artists, not a whole figure: this is what keeps the callback's
-    heatmaps cheap enough to draw at every logged step. Colour limits must therefore stay fixed.
+    so a frame costs the few changing artists, not a whole figure. Colour limits must therefore stay fixed.
     """
 
     def __init__(self, figure: Figure, changing: Sequence[Artist]) -> None:
@@ -41,7 +40,7 @@ class RedrawnFigure:
         self._background = self._canvas.copy_from_bbox(figure.bbox)
 
     def pixels(self) -> np.ndarray:
-        """The figure as it now stands, [height, width, 3] uint8 RGB (for `SummaryWriter.add_image`)."""
+        """The figure as it now stands, [height, width, 3] uint8 RGB (for TensorBoard images)."""
         self._canvas.restore_region(self._background)
         for artist in self.changing:
             self.figure.draw_artist(artist)
@@ -53,49 +52,88 @@ class RedrawnFigure:
             artist.set_animated(False)
         return self.figure
 
-    def close(self) -> None:
-        plt.close(self.figure)
 
+class PatternHeatmap:
+    """Layers x heads heatmaps of [num_layers, num_heads] patterns, as RGB pixels, many frames per drawing.
 
-class PatternHeatmap(RedrawnFigure):
-    """Layers x heads heatmap of [num_layers, num_heads] patterns with colour limits fixed at creation.
-
-    `limits` = (vmin, vmax) shared by every frame, so colours compare across steps; `diverging=True`
-    (for changes) uses a red-blue map. `frame(pattern, title)` returns the RGB pixels of one frame.
+    `draw(limits, title)` renders the figure (axes, ticks, a colour bar spanning `limits` = (vmin, vmax),
+    the title) once; each `frame(pattern)` then only colours the cells: the colour map's RGB of each value,
+    nearest-neighbour into the axes' pixel box, as imshow(interpolation="nearest") draws them, on a copy of
+    that drawing. No matplotlib drawing per frame, so the callback's heatmaps cost a copy and an index each.
+    The colour limits are fixed per `draw`, so frames of one drawing compare across steps. `diverging=True`
+    (for changes) uses a red-blue map.
     """
 
-    def __init__(self, shape: tuple[int, int], limits: tuple[float, float], *, diverging: bool = False) -> None:
+    def __init__(self, shape: tuple[int, int], *, diverging: bool = False) -> None:
         num_layers, num_heads = shape
+        self.shape = shape
         width, height = max(4.0, 1.7 + 0.45 * num_heads), 1.3 + 0.4 * num_layers
         figure = Figure(figsize=(width, height), dpi=100)
-        left, right, bottom, top = 0.6, 1.1, 0.5, 0.35  # fixed margins in inches: no layout engine per frame
-        axes = figure.add_axes((left / width, bottom / height, 1 - (left + right) / width, 1 - (bottom + top) / height))
+        left, right, bottom, top = 0.6, 1.1, 0.5, 0.35  # fixed margins in inches: no layout engine
+        self.axes = figure.add_axes(
+            (left / width, bottom / height, 1 - (left + right) / width, 1 - (bottom + top) / height))
         colorbar_axes = figure.add_axes((1 - 0.95 / width, bottom / height, 0.15 / width, 1 - (bottom + top) / height))
-        self.limits = limits
-        self.image = axes.imshow(np.zeros(shape), cmap="RdBu_r" if diverging else "viridis",
-                                 vmin=limits[0], vmax=limits[1], aspect="auto", interpolation="nearest")
-        axes.set_xlabel("head")
-        axes.set_ylabel("layer")
-        axes.set_xticks(range(0, num_heads, max(1, num_heads // 16)))  # at most ~16 labels per axis
-        axes.set_yticks(range(0, num_layers, max(1, num_layers // 16)))
-        self.title = axes.set_title(" ", fontsize=9)
+        self.image = self.axes.imshow(np.zeros(shape), cmap="RdBu_r" if diverging else "viridis",
+                                      aspect="auto", interpolation="nearest")
+        self.image.set_visible(False)  # `frame` colours the cells; `still` shows the image for a saved figure
+        self.axes.set_xlabel("head")
+        self.axes.set_ylabel("layer")
+        self.axes.set_xticks(range(0, num_heads, max(1, num_heads // 16)))  # at most ~16 labels per axis
+        self.axes.set_yticks(range(0, num_layers, max(1, num_layers // 16)))
+        self.title = self.axes.set_title(" ", fontsize=9)
         figure.colorbar(self.image, cax=colorbar_axes)
-        super().__init__(figure, [self.image, *axes.spines.values(), self.title])  # spines: over the cells
+        self.figure = figure
+        self._canvas = FigureCanvasAgg(figure)
+        self._background: np.ndarray | None = None
 
-    def frame(self, pattern: np.ndarray, title: str) -> np.ndarray:
-        """RGB pixels [height, width, 3] uint8 of `pattern` [num_layers, num_heads] under `title`."""
-        self.image.set_data(np.asarray(pattern, dtype=np.float64))
+    def draw(self, limits: tuple[float, float], title: str) -> None:
+        """Render everything but the cells with colour limits `limits` and `title`."""
+        self.image.set_clim(*limits)
         self.title.set_text(title)
-        return self.pixels()
+        self._canvas.draw()
+        self._background = np.asarray(self._canvas.buffer_rgba())[..., :3].copy()
+        # The axes' box in buffer pixels (rows from the top); a pixel takes the cell under its centre.
+        x0, y0, x1, y1 = self.axes.get_window_extent().extents
+        rows = self._background.shape[0] - (np.arange(self._background.shape[0]) + 0.5)  # display y of row centres
+        columns = np.arange(self._background.shape[1]) + 0.5
+        inside_rows, inside_columns = np.flatnonzero((rows > y0) & (rows < y1)), np.flatnonzero(
+            (columns > x0) & (columns < x1))
+        num_layers, num_heads = self.shape
+        self._box = (slice(inside_rows[0], inside_rows[-1] + 1), slice(inside_columns[0], inside_columns[-1] + 1))
+        self._layer = np.minimum(((y1 - rows[inside_rows]) / (y1 - y0) * num_layers).astype(int), num_layers - 1)
+        self._head = np.minimum(((columns[inside_columns] - x0) / (x1 - x0) * num_heads).astype(int), num_heads - 1)
+        # The cells cover the axes' face only: the spines drawn over its edge stay.
+        self._face = (self._background[self._box] == 255).all(-1)
+
+    def frame(self, pattern: np.ndarray) -> np.ndarray:
+        """RGB pixels [height, width, 3] uint8 of `pattern` [num_layers, num_heads] on the last `draw`."""
+        if self._background is None:
+            raise RuntimeError("PatternHeatmap.frame before draw(limits, title)")
+        colours = self.image.cmap(self.image.norm(np.asarray(pattern, dtype=np.float64)), bytes=True)[..., :3]
+        pixels = self._background.copy()
+        np.copyto(pixels[self._box], colours[self._layer][:, self._head], where=self._face[..., None])
+        return pixels
+
+    def still(self, pattern: np.ndarray, limits: tuple[float, float], title: str) -> Figure:
+        """The figure of `pattern` drawn by matplotlib itself (for `save_figure`)."""
+        self.image.set_data(np.asarray(pattern, dtype=np.float64))
+        self.image.set_clim(*limits)
+        self.image.set_visible(True)
+        self.title.set_text(title)
+        return self.figure
 
 
 def pattern_heatmap(pattern: np.ndarray, title: str, limits: tuple[float, float], *,
                     diverging: bool = False) -> Figure:
     """One layers x heads heatmap figure of `pattern` [num_layers, num_heads] (for `save_figure`)."""
-    heatmap = PatternHeatmap(pattern.shape, limits, diverging=diverging)
-    heatmap.image.set_data(np.asarray(pattern, dtype=np.float64))
-    heatmap.title.set_text(title)
-    return heatmap.still()
+    return PatternHeatmap(pattern.shape, diverging=diverging).still(pattern, limits, title)
+
+
+def figure_pixels(figure: Figure) -> np.ndarray:
+    """`figure` rendered by Agg, [height, width, 3] uint8 RGB (for TensorBoard images)."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def pattern_limits(patterns: Sequence[np.ndarray], *, diverging: bool = False) -> tuple[float, float]:
@@ -174,8 +212,9 @@ def drift_figure(drift: Mapping[str, Mapping[int, tuple[float, float]]]) -> Figu
     `drift` = {probe: {step: (pearson, mse)}}, one line per probe. The step axis is symlog (linear
     up to 1, so step 0 shows) when the steps crowd the start of a linear axis (`crowds_start`).
     """
-    figure = Figure(figsize=(11, 4.2), dpi=100, layout="constrained")
-    pearson_axes, mse_axes = figure.subplots(1, 2)
+    figure = Figure(figsize=(11, 4.2), dpi=100)  # fixed margins: a layout engine would double the drawing time
+    pearson_axes, mse_axes = figure.subplots(1, 2, gridspec_kw={"left": 0.07, "right": 0.99, "bottom": 0.16,
+                                                                "top": 0.92, "wspace": 0.22})
     all_steps = []
     for probe, by_step in drift.items():
         steps = sorted(by_step)
@@ -186,13 +225,13 @@ def drift_figure(drift: Mapping[str, Mapping[int, tuple[float, float]]]) -> Figu
     for axes, label in ((pearson_axes, "Pearson r with the base pattern"), (mse_axes, "MSE to the base pattern")):
         if log_steps:
             axes.set_xscale("symlog", linthresh=1)
-            axes.set_xticks(sorted(set(all_steps)), [str(step) for step in sorted(set(all_steps))])
+            axes.set_xticks(sorted(set(all_steps)), [str(step) for step in sorted(set(all_steps))], rotation=45)
             axes.minorticks_off()
         axes.set_xlabel("optimizer step" + (" (symlog)" if log_steps else ""))
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)
-    pearson_axes.set_title("Similarity to the base model's pattern (scale-free)")
-    mse_axes.set_title("Distance from the base model's pattern (scale and shape)")
+    pearson_axes.set_title("Similarity to the base pattern (scale-free)")
+    mse_axes.set_title("Distance from the base pattern (scale and shape)")
     mse_axes.legend(fontsize=8, title="probe", title_fontsize=8, loc="best")
     return figure
 

@@ -1,15 +1,18 @@
 """HeadActivationCallback in real fits: schedule, logged values, saved patterns, resume, no effect on training."""
 
 import csv
+import io
 import json
 from pathlib import Path
 
 import lightning as L
+import matplotlib
 import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.data import DataLoader
@@ -23,9 +26,11 @@ from lightning_sft.data import SFTDataModule, collate, collate_batches, load_exa
 from lightning_sft.module import SFTModule
 from lightning_sft.models import model_of
 from lightning_sft.patterns import activation_pattern, score_heads
+from lightning_sft.plots import PatternHeatmap
 from lightning_sft.storage import load_index, load_pattern_file, load_patterns, pattern_path
 from lightning_sft.tokenizer import byte_tokenizer
 from tests.conftest import tiny_llama_config
+from tests.test_plots import cell_centres
 
 
 class HandWrittenModule(L.LightningModule):
@@ -506,39 +511,28 @@ def test_layout_is_written_without_step_0_in_the_schedule(tmp_path, probes, toke
     assert custom_scalars_layout(trainer.log_dir) == drift_layout_charts()
 
 
-def test_images_keep_step_0_and_the_last_within_tensorboards_ten_and_fixed_colour_limits(
-        tmp_path, probes, tokenizer, monkeypatch):
-    frames = []  # (probe, kind, step, colour limits the heatmap drew with, the pattern drawn)
-    original = head_activation.PatternHeatmap.frame
-
-    def record(heatmap, pattern, title):
-        pixels = original(heatmap, pattern, title)
-        name, step = title.split(" ")[0], int(title.rpartition(" ")[2])  # "<probe> ..., step <step>"
-        frames.append((name, "change" if "change" in title else "pattern", step, heatmap.image.get_clim(),
-                       np.array(pattern)))
-        return pixels
-
-    monkeypatch.setattr(head_activation.PatternHeatmap, "frame", record)
+def test_images_keep_step_0_and_the_last_within_tensorboards_ten_and_fixed_colour_limits(tmp_path, probes, tokenizer):
     chosen = {"doubling": probes["doubling"], "big": probes["big"]}
     callback = HeadActivationCallback(chosen, every_n_steps=1, probe_at_end=False)
     trainer = make_trainer(tmp_path, [callback], max_steps=12)
     trainer.fit(HandWrittenModule(), train_loader(tokenizer, count=48))
     assert callback.done_steps == list(range(13))
     saved = load_patterns(Path(trainer.log_dir) / "head_patterns")
+    shape = tuple(saved["doubling"][0].shape)
     for name in chosen:
-        steps = [e.step for e in probe_run(trainer.log_dir, name).Images("head_activation/pattern")]
+        run = probe_run(trainer.log_dir, name)
+        steps = [e.step for e in run.Images("head_activation/pattern")]
         assert len(steps) == 10 and steps[0] == 0 and steps[-1] == 12
-        for kind in ("pattern", "change"):
-            drawn = [frame for frame in frames if frame[:2] == (name, kind)]
-            assert [frame[2] for frame in drawn] == (steps if kind == "pattern" else steps[1:])
-            limits = {frame[3] for frame in drawn}
-            assert len(limits) == 1, f"{name} {kind}: colour limits change across steps: {limits}"
-            low, high = limits.pop()
-            values = np.stack([frame[4] for frame in drawn])
-            np.testing.assert_allclose(values, np.stack(
-                [(saved[name][s] - (saved[name][0] if kind == "change" else 0)).numpy() for s in [f[2] for f in drawn]]),
-                rtol=1e-6, atol=1e-9)
-            if kind == "pattern":
-                assert (low, high) == pytest.approx((values.min(), values.max()))
-            else:
-                assert (low, high) == pytest.approx((-np.abs(values).max(), np.abs(values).max()))
+        for kind, cmap in (("pattern", "viridis"), ("change", "RdBu_r")):
+            images = run.Images(f"head_activation/{kind}")
+            assert [e.step for e in images] == (steps if kind == "pattern" else steps[1:])
+            values = np.stack([(saved[name][e.step] - (saved[name][0] if kind == "change" else 0)).numpy()
+                               for e in images])
+            # one pair of colour limits for every step: the drawn steps' range (symmetric for changes)
+            high = np.abs(values).max() if kind == "change" else values.max()
+            norm = matplotlib.colors.Normalize(-high if kind == "change" else values.min(), high)
+            pixels = np.stack([np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert("RGB"))
+                               for e in images])
+            rows, columns = cell_centres(PatternHeatmap(shape).axes, shape, pixels.shape[1])  # geometry: shape only
+            colours = matplotlib.colormaps[cmap](norm(values), bytes=True)[..., :3]
+            np.testing.assert_allclose(pixels[:, rows, columns].astype(int), colours.astype(int), atol=1)

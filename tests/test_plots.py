@@ -1,11 +1,13 @@
-"""lightning_sft.plots: blitted heatmap frames equal fresh drawings, ASCII minus signs, the drift figure's axes."""
+"""lightning_sft.plots: heatmap frames equal matplotlib's own drawings, ASCII minus signs, the drift figure's axes."""
 
+import matplotlib
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from lightning_sft.plots import (
-    CorrelationHeatmap, PatternHeatmap, correlation_heatmap, crowds_start, drift_figure, pattern_limits,
+    CorrelationHeatmap, PatternHeatmap, correlation_heatmap, crowds_start, drift_figure, pattern_heatmap,
+    pattern_limits,
 )
 
 
@@ -17,18 +19,43 @@ def fresh_pixels(figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3]
 
 
-def test_a_blitted_frame_equals_the_figure_drawn_from_scratch():
-    rng = np.random.default_rng(0)
-    first, second = rng.random((3, 5)), rng.random((3, 5))
-    reused = PatternHeatmap((3, 5), (0.0, 1.0))
-    reused.frame(first, "probe, step 0")  # a previous frame must leave no trace
-    frame = reused.frame(second, "probe, step 7")
-    fresh = PatternHeatmap((3, 5), (0.0, 1.0))
-    fresh.image.set_data(second)
-    fresh.title.set_text("probe, step 7")
-    np.testing.assert_array_equal(frame, fresh_pixels(fresh.figure))
-    assert not np.array_equal(frame, reused.frame(first, "probe, step 0"))
+def cell_centres(axes, shape: tuple[int, int], height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Buffer (row, column) of each cell's centre [L, H], from the axes' box (independent of PatternHeatmap's
+    own indexing)."""
+    x0, y0, x1, y1 = axes.get_window_extent().extents
+    layers, heads = shape
+    rows = height - (y1 - (np.arange(layers) + 0.5) * (y1 - y0) / layers)
+    columns = x0 + (np.arange(heads) + 0.5) * (x1 - x0) / heads
+    return np.floor(rows).astype(int)[:, None].repeat(heads, 1), np.floor(columns).astype(int)[None].repeat(layers, 0)
 
+
+@pytest.mark.parametrize("diverging, limits", [(False, (0.0, 1.0)), (True, (-0.7, 0.7))])
+def test_a_frame_is_matplotlibs_own_drawing_of_the_pattern(diverging, limits):
+    rng = np.random.default_rng(0)
+    first, second = rng.random((3, 5)) - 0.5 * diverging, rng.random((3, 5)) - 0.5 * diverging
+    heatmap = PatternHeatmap((3, 5), diverging=diverging)
+    heatmap.draw((-9.0, 9.0), "other probe")
+    heatmap.draw(limits, "probe: head activation")  # a second drawing replaces the first
+    heatmap.frame(first)  # a previous frame must leave no trace
+    frame = heatmap.frame(second)
+    drawn = fresh_pixels(pattern_heatmap(second, "probe: head activation", limits, diverging=diverging))
+    assert frame.shape == drawn.shape
+    # Equal but where the axes' edge (spine) is blended over the cells: within two pixels of the axes' box.
+    x0, y0, x1, y1 = heatmap.axes.get_window_extent().extents
+    rows, columns = np.nonzero((frame != drawn).any(-1))
+    rows = frame.shape[0] - rows - 0.5  # display y of the pixel centres
+    on_edge = (np.minimum(abs(rows - y0), abs(rows - y1)) <= 2) | (np.minimum(abs(columns + 0.5 - x0),
+                                                                               abs(columns + 0.5 - x1)) <= 2)
+    assert on_edge.all(), f"{(~on_edge).sum()} pixels differ inside the cells"
+    rows, columns = cell_centres(heatmap.axes, (3, 5), frame.shape[0])
+    colours = matplotlib.colormaps["RdBu_r" if diverging else "viridis"](
+        matplotlib.colors.Normalize(*limits)(second), bytes=True)[..., :3]
+    np.testing.assert_array_equal(frame[rows, columns], colours)
+    np.testing.assert_array_equal(drawn[rows, columns], colours)
+    assert not np.array_equal(frame, heatmap.frame(first))
+
+
+def test_a_blitted_correlation_frame_equals_the_figure_drawn_from_scratch():
     names = ["a", "b", "c"]
     matrix = np.array([[1.0, -0.5, 0.2], [-0.5, 1.0, 0.9], [0.2, 0.9, 1.0]])
     blitted = CorrelationHeatmap(names)
@@ -38,7 +65,8 @@ def test_a_blitted_frame_equals_the_figure_drawn_from_scratch():
 
 
 def test_negative_tick_labels_use_the_ascii_minus():
-    heatmap = PatternHeatmap((2, 4), (-0.5, 0.5), diverging=True)
+    heatmap = PatternHeatmap((2, 4), diverging=True)
+    heatmap.draw((-0.5, 0.5), "change")
     labels = [label.get_text() for label in heatmap.figure.axes[1].get_yticklabels()]
     assert any(label.startswith("-0.") for label in labels), labels
     assert not any("\u2212" in label for label in labels), labels
