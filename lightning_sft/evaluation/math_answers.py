@@ -11,7 +11,7 @@ failing) its `is_equiv` compares the raw strings; `normalized` returns None ther
 BOXED = "\\boxed"
 
 
-def last_boxed(text: str) -> str | None:
+def _last_boxed(text: str) -> str | None:
     """lm-eval's `last_boxed_only_string`: the last `\\boxed{...}` (or `\\fbox{...}`) with its braces balanced,
     or, when `text` has a `\\boxed ` (with a space), `\\boxed ` + what follows its last one up to a `$`; None if
     there is none or its braces never close."""
@@ -37,7 +37,7 @@ def reference_answer(solution: str) -> str:
     """lm-eval's `remove_boxed(last_boxed_only_string(solution))`: the content of the solution's last
     `\\boxed{...}` (or what follows `\\boxed `). A ValueError where lm-eval's asserts fail (no `\\boxed`, an
     `\\fbox`, unclosed braces)."""
-    boxed = last_boxed(solution)
+    boxed = _last_boxed(solution)
     if boxed is not None and boxed.startswith("\\boxed "):
         return boxed[len("\\boxed "):]
     if boxed is None or not boxed.startswith(BOXED + "{"):
