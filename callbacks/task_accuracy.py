@@ -28,14 +28,14 @@ class TaskAccuracyCallback(Callback):
 
     Args:
         tasks: task name (a key of `lightning_sft.evaluation.TASKS`: arc_challenge, mmlu, hellaswag, winogrande,
-            gsm8k, or a demo task) -> its rows: a JSONL/JSON/Parquet/CSV file or `datasets.load_dataset`
+            gsm8k, math, or a demo task) -> its rows: a JSONL/JSON/Parquet/CSV file or `datasets.load_dataset`
             arguments with a `split`.
         steps: explicit optimizer steps to evaluate at (0 = the base model, before any update).
         every_n_steps: evaluate at 0, n, 2n, ... (instead of `steps`). With neither, log-spaced 0, 1, 2, 4, ...
         evaluate_at_end: also evaluate after the last optimizer step.
         max_examples: examples used per task (the first ones); None for all.
         batch_size: examples per forward pass, per process.
-        max_new_tokens: generation bound for generative tasks; default the task's (gsm8k 256, demo tasks 32).
+        max_new_tokens: generation bound for generative tasks; default the task's (gsm8k and math 256, demo tasks 32).
         num_fewshot: solved examples before each one (0: zero-shot).
         fewshot: task name -> the rows few-shot examples are drawn from (needed when num_fewshot > 0).
         tokenizer: id or directory; default the LightningModule's `tokenizer` attribute.

@@ -1,5 +1,5 @@
 """lightning_sft.evaluation: prompts as lm-evaluation-harness writes them, log-likelihoods against an
-independent per-example forward pass, GSM8K answer extraction on real answers, generation, bad input."""
+independent per-example forward pass, GSM8K and MATH answer extraction on real answers, generation, bad input."""
 
 import json
 import re
@@ -12,6 +12,8 @@ from transformers import LlamaForCausalLM
 
 from lightning_sft.evaluation import TASKS, evaluate, load_task
 from lightning_sft.evaluation.scoring import greedy_generate
+from lightning_sft.evaluation.math_answers import equivalent, generated_answer, normalized as math_normalized
+from lightning_sft.evaluation.math_answers import reference_answer
 from lightning_sft.evaluation.tasks import flexible_answer, normalized, strict_answer
 from tests.conftest import tiny_llama_config
 
@@ -159,6 +161,86 @@ def test_gsm8k_answer_extraction_on_real_answers():
     assert task.score(" 17 or 18 or 19", True, request) == {"exact_match_strict": 0.0, "exact_match_flexible": 0.0}
 
 
+def balanced(text: str) -> bool:
+    depth = 0
+    for character in text:
+        depth += {"{": 1, "}": -1}.get(character, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def test_math_answers_on_real_solutions():
+    rows, task = rows_of("math.jsonl"), TASKS["math"]
+    assert len(rows) == 294
+    requests = load_task("math", DATA / "math.jsonl").requests
+    for row, request in zip(rows, requests, strict=True):
+        solution = row["solution"]
+        answer = reference_answer(solution)
+        # independently: the solution's last "\boxed{" opens exactly "{answer}", whose braces balance
+        assert "\\boxed " not in solution and balanced(answer), answer
+        assert solution.rfind("\\boxed{") == solution.rfind(f"\\boxed{{{answer}}}") >= 0, answer
+        assert request.target == answer and request.prompt == f"Problem: {row['problem']}\nAnswer:"
+        for text in (answer, f" The answer is ${answer}$.", f" ${answer}$", f"\n${answer}$\n\nThat is all."):
+            assert task.score(text, True, request) == {"exact_match": 1.0}, (text, answer)
+        assert task.score(f" 9{answer}", True, request) == {"exact_match": 0.0}, answer
+        assert task.score(f" $9{answer}$", True, request) == {"exact_match": 0.0}, answer
+        assert task.score(f" $9$ or ${answer}$", True, request) == {"exact_match": 0.0}, answer
+
+
+# (answer, reference, lm-eval's is_equiv): each verdict is what lm-eval's own utils.py @ 4e7e0d47 returned.
+MATH_CASES = [
+    ("\\frac12", "\\frac{1}{2}", True), ("0.5", "\\frac{1}{2}", True), (".5", "\\frac{1}{2}", True),
+    ("1/2", "\\frac{1}{2}", True), ("0.50", "\\frac{1}{2}", False), ("03/4", "\\frac34", False),
+    ("\\dfrac{9}{7}", "\\frac{9}{7}", True), ("\\tfrac{9}{7}", "\\frac97", True),
+    ("\\frac1{72}", "\\frac{1}{72}", True), ("\\frac{72}1", "\\frac{72}{1}", False),
+    ("14,\\!400", "14,400", True), ("14400", "14,400", False),
+    ("\\sqrt3", "\\sqrt{3}", True), ("\\sqrt 2", "\\sqrt2", False),  # the space becomes the root: \sqrt{ }2
+    ("x = 5", "5", True), ("k=5", "5", True), ("xy = 5", "5", False), ("x=y=5", "5", False),
+    (" y = 2x", "y = 2x", False),  # a leading space counts towards the 2-character "y =" prefix lm-eval removes
+    ("5\\text{ cm}", "5", True), ("5\\text{cm}", "5", False), ("\\text{neither}", "neither", False),
+    ("120^\\circ", "120", True), ("120^{\\circ}", "120", True), ("7.2\\%", "7.2", True), ("\\$40", "40", True),
+    ("5\\\\\\%%", "5", True),  # raw 5\\\%%: \\ -> \ gives 5\\%%; \% removed twice: 5\% then 5
+    ("$40", "40", False), ("2\n", "2", True), ("\\\\frac{1}{2}", "\\frac{1}{2}", True),
+    ("\\left(\\frac34,5\\right)", "(\\frac{3}{4},5)", True), ("\\frac{5}{2},-3", "\\frac52, -3", True),
+    # where lm-eval's strip_string raises, is_equiv compares the raw strings
+    ("5 \\text{ cm} \\text{ cm}", "5", False), ("x/y", "x/y", True), ("x/y", "x / y", False),
+    ("\\frac", "\\frac", True),
+]
+
+
+@pytest.mark.parametrize(("answer", "reference", "expected"), MATH_CASES)
+def test_math_equivalence_as_lm_eval_judges(answer, reference, expected):
+    assert equivalent(answer, reference) is expected
+
+
+def test_math_normalisation_and_extraction():
+    assert math_normalized("\\sqrt 2") == "\\sqrt{}2" and math_normalized("2 \\sqrt{2}") == "2\\sqrt{2}"
+    assert math_normalized("\\left( 3, \\dfrac{1}{2} \\right)") == "(3,\\frac{1}{2})"
+    assert math_normalized("5 \\text{ cm} \\text{ cm}") is None and math_normalized("x/y") is None
+    assert math_normalized("\\sqrt") is None and math_normalized("\\frac1") == "\\frac1"
+    assert math_normalized("") == "" and math_normalized("\\$") == ""
+    assert generated_answer(" The answer is $\\frac{1}{2}$.") == "\\frac{1}{2}"
+    assert generated_answer("So $x=5$, the answer is $5$") == "x=5$, the answer is $5"
+    assert generated_answer(" It costs \\$5.") == " It costs \\$5." and generated_answer(" 5") == " 5"
+    assert generated_answer("$$5$$") == "$5$" and not equivalent("$5$", "5")  # display math is judged wrong
+    assert reference_answer("So \\boxed{a} and \\boxed{\\frac{1}{2}}.") == "\\frac{1}{2}"
+    assert reference_answer("$\\boxed 5$ and more") == "5"
+    for solution in ("It is 5.", "\\boxed{5", "\\fbox{5}"):
+        with pytest.raises(ValueError, match="no closed"):
+            reference_answer(solution)
+
+
+def test_math_fewshot_shots_show_the_boxed_answer(tmp_path):
+    rows = rows_of("math.jsonl")[:3]
+    data = load_task("math", write_rows(tmp_path / "m.jsonl", rows[:1]), fewshot=write_rows(tmp_path / "f.jsonl", rows),
+                     num_fewshot=2)
+    assert data.requests[0].prompt == (f"Problem: {rows[1]['problem']}\nAnswer: 10\n\n"
+                                       f"Problem: {rows[2]['problem']}\nAnswer: \\dfrac{{9}}{{7}}\n\n"
+                                       f"Problem: {rows[0]['problem']}\nAnswer:")
+    assert data.requests[0].stop == ("Problem:",) and TASKS["math"].max_new_tokens == 256
+
+
 def independent_greedy(model, prompt: list[int], steps: int, banned: int) -> list[int]:
     """Greedy decoding without a cache or padding: the whole sequence re-run for every token."""
     ids = list(prompt)
@@ -217,6 +299,25 @@ def test_exact_string_task_counts_matches(model, tokenizer, tmp_path):
     assert result == {"exact_match": pytest.approx(3 / 5), "n": 5}
 
 
+def test_math_task_end_to_end(model, tokenizer, tmp_path):
+    from lightning_sft.evaluation.scoring import encode_prompt
+
+    rows = rows_of("math.jsonl")[:4]
+    texts = [tokenizer.decode(independent_greedy(model, encode_prompt(tokenizer, f"Problem: {row['problem']}\nAnswer:",
+                                                                      False), 4, banned=2)) for row in rows]
+    assert not any(set("${}") & set(text) or "Problem:" in text for text in texts), texts
+    # rows 0 and 2 are solved by what the model writes; rows 1 and 3 keep their real solutions
+    rows = [{**row, "solution": f"So \\boxed{{{text}}}."} if index % 2 == 0 else row
+            for index, (row, text) in enumerate(zip(rows, texts))]
+    data = load_task("math", write_rows(tmp_path / "rows.jsonl", rows))
+    handle = model.lm_head.register_forward_hook(EosAfter(tokenizer.eos_token_id, steps=4))
+    try:
+        result = evaluate(model, tokenizer, data, batch_size=3)
+    finally:
+        handle.remove()
+    assert result == {"exact_match": pytest.approx(2 / 4), "n": 4}
+
+
 def test_generation_that_never_stops_is_bounded_and_wrong(model, tokenizer, tmp_path):
     from lightning_sft.evaluation.scoring import encode_prompt
 
@@ -253,19 +354,21 @@ def test_unknown_task_lists_the_known_ones():
     with pytest.raises(ValueError) as error:
         load_task("arc_chalenge", DATA / "arc_challenge.jsonl")
     assert "unknown task 'arc_chalenge'" in str(error.value)
-    for name in ("arc_challenge", "gsm8k", "hellaswag", "mmlu", "winogrande", "reversed_sum"):
+    for name in ("arc_challenge", "gsm8k", "hellaswag", "math", "mmlu", "winogrande", "reversed_sum"):
         assert name in str(error.value)
 
 
 @pytest.mark.parametrize(("task", "row", "field"), [
     ("arc_challenge", {"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}}, "answerKey"),
     ("gsm8k", {"question": "q"}, "answer"),
+    ("math", {"problem": "q", "level": "Level 1", "type": "Algebra"}, "solution"),
     ("winogrande", {"sentence": "a _ b", "option1": "x", "answer": "1"}, "option2"),
     ("mmlu", {"question": "q", "A": "a", "B": "b", "C": "c", "D": "d", "answer": "A"}, "subject"),
     ("addition", {"prompt": "1+1="}, "response"),
 ])
 def test_row_missing_a_field_names_file_line_and_field(tmp_path, task, row, field):
     good = {"arc_challenge": rows_of("arc_challenge.jsonl")[0], "gsm8k": rows_of("gsm8k.jsonl")[0],
+            "math": rows_of("math.jsonl")[0],
             "winogrande": rows_of("winogrande.jsonl")[0], "mmlu": rows_of("mmlu.jsonl")[0],
             "addition": {"prompt": "1+2=", "response": "3"}}[task]
     path = write_rows(tmp_path / "rows.jsonl", [good, good, row])
@@ -280,6 +383,7 @@ def test_row_missing_a_field_names_file_line_and_field(tmp_path, task, row, fiel
     ("hellaswag", {**HELLASWAG[0], "label": "-1"}, "answer index -1"),
     ("arc_challenge", {"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "C"},
      "answerKey 'C'"),
+    ("math", {"problem": "q", "solution": "It is 5."}, "no closed \\boxed"),
 ])
 def test_answer_index_out_of_range(tmp_path, task, row, message):
     path = write_rows(tmp_path / "rows.jsonl", [row])

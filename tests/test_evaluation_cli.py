@@ -48,3 +48,15 @@ def test_bad_arguments_exit_with_the_fix(arguments, message):
     with pytest.raises(SystemExit) as error:
         main(["--model", "no/such/model", *arguments])
     assert message in str(error.value.code)
+
+
+def test_math_task_from_the_command_line(model_dir, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    main(["--model", str(model_dir), "--task", f"math={DATA / 'math.jsonl'}", "--max-examples", "3",
+          "--max-new-tokens", "4", "--out", str(out)])
+    results = json.loads(out.read_text())
+    expected = evaluate(load_model(model_dir), load_tokenizer(model_dir),
+                        load_task("math", DATA / "math.jsonl", max_examples=3), max_new_tokens=4)
+    assert list(results) == ["math"] and list(results["math"]) == ["exact_match", "n"]
+    assert results["math"] == pytest.approx(expected) and results["math"]["n"] == 3
+    assert f"| math | exact_match | {results['math']['exact_match']:.4f} | 3 |" in capsys.readouterr().out

@@ -17,12 +17,17 @@ of the context moved to the continuation) happens in `lightning_sft.evaluation.s
                    exact_match_strict: the number after "#### ", exact_match_flexible: the last number
                    (lm-eval's strict-match and flexible-extract filters), compared with the reference's
                    number after "#### " with "," "$" and a final "." removed, case-insensitively
+    math           lm-eval's `hendrycks_math` group (its default MATH task; `minerva_math` is the 4-shot Minerva
+                   variant): "Problem: {problem}\nAnswer:", greedy until "Problem:" or eos, 256 new tokens;
+                   exact_match: the text between the first and last "$" (else all of it) equals the last
+                   \boxed{} of the solution after lm-eval's normalisation (`math_answers`)
     demo tasks     (addition, reversal, sorting, counting, reversed_sum; rows {"prompt", "response"}): the
                    training format's prompt, greedy until eos; exact_match: the text equals the response
 
-Few-shot: `num_fewshot` solved rows, rendered as lm-eval renders them ("{context} {answer}\n\n" each) before the
-example; they are the first rows of the few-shot source (lm-eval's `first_n` sampler, which MMLU uses; for MMLU
-the first rows of the same subject), skipping a row equal to the evaluated one.
+Few-shot: `num_fewshot` solved rows, rendered as lm-eval renders them ("{context} {answer}\n\n" each; for math the
+answer is the boxed answer, lm-eval's doc_to_target, not the worked solution) before the example; they are the
+first rows of the few-shot source (lm-eval's `first_n` sampler, which MMLU uses; for MMLU the first rows of the
+same subject), skipping a row equal to the evaluated one.
 """
 
 import re
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 from lightning_sft.data import benchmarks
 from lightning_sft.data.benchmarks import MultipleChoice, Worked, field
 from lightning_sft.demo import TASKS as DEMO_TASKS
+from lightning_sft.evaluation.math_answers import equivalent, generated_answer, reference_answer
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,31 @@ class GSM8KTask(Task):
                 "exact_match_flexible": float(normalized(flexible_answer(text)) == reference)}
 
 
+class MATHTask(Task):
+    """MATH as lm-eval's `hendrycks_math` tasks (`hendrycks_math_algebra.yaml`: zero-shot by default, `until`
+    "Problem:", lm-eval's default max_gen_toks; `utils.process_results` scores)."""
+
+    metrics = ("exact_match",)
+    stop = ("Problem:",)
+    max_new_tokens = 256  # lm-eval's default max_gen_toks
+
+    def request(self, record: Worked, shots: list[Worked]) -> GenerationRequest:
+        prefix = "".join(f"Problem: {shot.question}\nAnswer: {reference_answer(shot.solution)}\n\n" for shot in shots)
+        return GenerationRequest(f"{prefix}Problem: {record.question}\nAnswer:", reference_answer(record.solution),
+                                 self.stop)
+
+    def score(self, text: str, stopped: bool, request: GenerationRequest) -> dict[str, float]:
+        """lm-eval scores the text whether or not generation stopped before `max_new_tokens`."""
+        return {"exact_match": float(equivalent(generated_answer(text), request.target))}
+
+
+def _math(row: dict) -> Worked:
+    """A MATH row whose solution has the boxed answer lm-eval's `process_docs` takes (checked as the row is read)."""
+    record = benchmarks.math(row)
+    reference_answer(record.solution)
+    return record
+
+
 class ExactStringTask(Task):
     """Prompt/response rows (the demo's tasks): right when the generation stops (eos) and equals the response."""
 
@@ -218,6 +249,7 @@ TASKS: dict[str, Task] = {
         description=_mmlu_description),
     "winogrande": PartialScoringTask("winogrande", benchmarks.winogrande),
     "gsm8k": GSM8KTask("gsm8k", benchmarks.gsm8k),
+    "math": MATHTask("math", _math),
     **{name: ExactStringTask(name, _prompt_response(name)) for name in DEMO_TASKS},
 }
 
