@@ -14,7 +14,7 @@ per seed, for the same number of optimizer steps of batch 32 (the budget):
 
 `--compose` is a `compose.csv` written by `python -m lightning_sft.analysis compose RUN --target reversed_sum
 --bases addition reversal sorting counting --subset-size 2 --out DIR` on a demo run; the committed
-docs/scenarios/compose.csv comes from `configs/demo.yaml` trained in float32 (docs/scenarios/README.md).
+docs/scenarios/compose.csv comes from `configs/demo.yaml` trained 600 steps in float32 (docs/scenarios/README.md).
 Training rows come from `lightning_sft.demo`'s generators; the held-out rows are fresh reversed_sum rows whose
 prompts occur in no training set of any seed.
 """

@@ -1,4 +1,4 @@
-"""The README's qualitative claims about the demo, on a shorter run of the same config (300 of its 600 steps):
+"""The README's qualitative claims about the demo, on a shorter run of the same config (300 of its 1500 steps):
 starting from random weights, fine-tuning concentrates head activation (Gini and CV rise for every task: the
 regime opposite to the paper's pretrained models), and the complex task's pattern change is explained best by
 its own two basic tasks, both with positive weight. The README's numbers come from the full run."""
