@@ -1,4 +1,4 @@
-"""Evaluate a saved model on tasks and print a markdown table (lm-evaluation-harness v0.4.12 definitions).
+r"""Evaluate a saved model on tasks and print a markdown table (lm-evaluation-harness v0.4.12 definitions).
 
     python -m lightning_sft.evaluate --model FOLDER|FILE.gguf \
         --task arc_challenge=data/benchmarks/arc_challenge.jsonl --task gsm8k=data/benchmarks/gsm8k.jsonl \
