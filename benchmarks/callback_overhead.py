@@ -6,7 +6,9 @@
 Each fit runs `train.py fit --config configs/demo.yaml` in its own process (same seed, same data; the demo's
 steps unless `--max-steps`); the variants alternate (repeated `--repeats` times) so that a slow spell of a
 shared machine falls on all of them alike. The scorer's CPU kernel is built (or found) before the first fit,
-so no fit pays its one-time compilation. TaskAccuracyCallback evaluates the five demo tasks on their held-out
+so no fit pays its one-time compilation. One more fit, of the last variant under Lightning's SimpleProfiler, gives the time
+spent inside each callback's hooks: a direct measure, which the noise of a shared machine (seconds between
+identical fits) disturbs far less than the difference of two medians. TaskAccuracyCallback evaluates the five demo tasks on their held-out
 probe rows (32 each, greedy, at most 8 new tokens) every `--eval-every` steps and at the end. Prints the median and the range of each (wall time, and
 the fit process's CPU time, which a busy machine disturbs less), and the time
 inside the scorer from the callback's `head_probe/seconds` scalars. Arguments after `--` go to every
@@ -74,6 +76,22 @@ def fit(directory: Path, config: Path, max_steps: int | None, extra: list[str]) 
     return time.perf_counter() - started, used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
 
 
+def hook_seconds(directory: Path, config: Path, max_steps: int | None, extra: list[str]) -> dict[str, float]:
+    """Callback class name -> seconds inside its hooks, from one fit of `config` under SimpleProfiler."""
+    fit(directory, config, max_steps, [*extra, "--trainer.profiler.class_path", "lightning.pytorch.profilers.SimpleProfiler",
+                                       "--trainer.profiler.init_args.dirpath", str(directory),
+                                       "--trainer.profiler.init_args.filename", "profile"])
+    seconds: dict[str, float] = {}
+    for line in (directory / "fit-profile.txt").read_text().splitlines():
+        cells = [cell.strip() for cell in line.split("|")]
+        if len(cells) > 4 and cells[1].startswith("[Callback]"):  # | action | mean | calls | total | percent |
+            name = cells[1].removeprefix("[Callback]").split("{")[0].split(".")[0]
+            seconds[name] = seconds.get(name, 0.0) + float(cells[4])
+    if not seconds:
+        raise RuntimeError(f"no callback hooks in {directory / 'fit-profile.txt'}; has SimpleProfiler's report changed?")
+    return seconds
+
+
 def logged(run_dir: Path) -> tuple[int, float, int, int]:
     """(images, seconds inside the scorer, probe runs, accuracy scalars) of one fit's TensorBoard runs."""
     images, seconds, probes, accuracies = 0, 0.0, 0, 0
@@ -108,6 +126,7 @@ def main() -> None:
                 cpu_times[variant].append(cpu)
                 print(f"{variant}, run {repeat + 1}: {wall:.1f} s wall, {cpu:.1f} s CPU", file=sys.stderr, flush=True)
         counts = [logged(Path(scratch) / f"{index}_0" / "lightning_logs" / "version_0") for index in range(len(VARIANTS))]
+        hooks = hook_seconds(Path(scratch) / "profiled", configs[VARIANTS[3]], args.max_steps, args.extra)
     (_, _, _, _), (images, scoring, probes, _), (no_images, _, _, _), (_, _, _, accuracies) = counts
     if no_images or not images or not accuracies:
         raise RuntimeError(f"the variants are not what they say: {images} images with the callback, {no_images} "
@@ -123,8 +142,11 @@ def main() -> None:
         median, cpu = statistics.median(times[variant]), statistics.median(cpu_times[variant])
         print(f"| {variant}{labels.get(variant, '')} | {median:.1f} | {min(times[variant]):.1f}-"
               f"{max(times[variant]):.1f} | {median / base:.3f} | {cpu:.1f} | {cpu / cpu_base:.3f} |")
-    print(f"| time inside the scorer (sum of `head_probe/seconds`, first run with the callback) | {scoring:.1f} |"
-          " | | | |")
+    print(f"| time inside the scorer (sum of `head_probe/seconds`, first run with the callback) | {scoring:.1f} | | "
+          f"{scoring / base:.3f} | | |")
+    for name in ("HeadActivationCallback", "TaskAccuracyCallback"):
+        print(f"| time inside {name}'s hooks (SimpleProfiler, one more fit of the last variant) | {hooks[name]:.1f} "
+              f"| | {hooks[name] / base:.3f} | | |")
 
 
 if __name__ == "__main__":
