@@ -5,14 +5,16 @@
 
 Each fit runs `train.py fit --config configs/demo.yaml` in its own process (same seed, same data; the demo's
 steps unless `--max-steps`); the variants alternate (repeated `--repeats` times) so that a slow spell of a
-shared machine falls on all of them alike. The scorer's CPU kernel is built (or found) before the first fit,
-so no fit pays its one-time compilation. Then `--profiled-runs` more fits of the last variant run under Lightning's
-SimpleProfiler, which gives the time spent inside each callback's hooks and the fit's own total: the overhead
-of a callback is its hook time over the fit's time outside both callbacks, both from the same fit, so a slow
-spell of the machine (identical fits here differ by up to 20%) scales numerator and denominator alike. TaskAccuracyCallback evaluates the five demo tasks on their held-out
-probe rows (32 each, greedy, at most 8 new tokens) every `--eval-every` steps and at the end. Prints the median and the range of each (wall time, and
-the fit process's CPU time, which a busy machine disturbs less), and the time
-inside the scorer from the callback's `head_probe/seconds` scalars. Arguments after `--` go to every
+shared machine falls on all of them alike. TaskAccuracyCallback evaluates the five demo tasks on their held-out
+probe rows (32 each, greedy, at most 8 new tokens) every `--eval-every` steps and at the end. The scorer's CPU
+kernel is built (or found) before the first fit, so no fit pays its one-time compilation. Prints the median and
+the range of each (wall time, and the fit process's CPU time), and the time inside the scorer from the
+callback's `head_probe/seconds` scalars.
+
+Then `--profiled-runs` more fits of the last variant run under Lightning's SimpleProfiler, which gives the time
+spent inside each callback's hooks and the fit's own total: a callback's overhead is its hook time over the
+fit's time outside both callbacks, both from the same fit, so a slow spell of the machine (identical fits here
+differ by up to 20%) scales numerator and denominator alike. Arguments after `--` go to every
 fit (e.g. `-- --trainer.precision 32-true`).
 """
 
@@ -80,9 +82,9 @@ def fit(directory: Path, config: Path, max_steps: int | None, extra: list[str]) 
 def hook_seconds(directory: Path, config: Path, max_steps: int | None, extra: list[str]) -> dict[str, float]:
     """Callback class name -> seconds inside its hooks, and "Total" -> the fit's profiled seconds (from the
     Trainer's construction to the end of fit), from one fit of `config` under SimpleProfiler."""
-    fit(directory, config, max_steps, [*extra, "--trainer.profiler.class_path", "lightning.pytorch.profilers.SimpleProfiler",
-                                       "--trainer.profiler.init_args.dirpath", str(directory),
-                                       "--trainer.profiler.init_args.filename", "profile"])
+    profiler = ["--trainer.profiler.class_path", "lightning.pytorch.profilers.SimpleProfiler",
+                "--trainer.profiler.init_args.dirpath", str(directory), "--trainer.profiler.init_args.filename", "profile"]
+    fit(directory, config, max_steps, [*extra, *profiler])
     return read_profile(directory / "fit-profile.txt")
 
 
@@ -134,7 +136,8 @@ def main() -> None:
                 times[variant].append(wall)
                 cpu_times[variant].append(cpu)
                 print(f"{variant}, run {repeat + 1}: {wall:.1f} s wall, {cpu:.1f} s CPU", file=sys.stderr, flush=True)
-        counts = [logged(Path(scratch) / f"{index}_0" / "lightning_logs" / "version_0") for index in range(len(VARIANTS))]
+        counts = [logged(Path(scratch) / f"{index}_0" / "lightning_logs" / "version_0")
+                  for index in range(len(VARIANTS))]
         profiled = [hook_seconds(Path(scratch) / f"profiled_{run}", configs[VARIANTS[3]], args.max_steps, args.extra)
                     for run in range(args.profiled_runs)]
     (_, _, _, _), (images, scoring, probes, _), (no_images, _, _, _), (_, _, _, accuracies) = counts

@@ -384,7 +384,7 @@ class HeadActivationCallback(Callback):
             if not isinstance(logger, TensorBoardLogger) or not self._logged_patterns:
                 continue
             if self.log_images:
-                shape = next(iter(next(iter(self._logged_patterns.values())).values())).shape
+                shape = tuple(next(iter(self.base_patterns.values())).shape)  # every probe's [layers, heads]
                 heatmaps = {kind: PatternHeatmap(shape, diverging=kind == "change") for kind in ("pattern", "change")}
                 for name, by_step in self._logged_patterns.items():
                     writer = self._probe_writer(logger, name)

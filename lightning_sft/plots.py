@@ -44,7 +44,7 @@ class RedrawnFigure:
         self._canvas.restore_region(self._background)
         for artist in self.changing:
             self.figure.draw_artist(artist)
-        return np.asarray(self._canvas.buffer_rgba())[..., :3].copy()
+        return _rgb(self._canvas)
 
     def still(self) -> Figure:
         """The figure with its changing artists drawn like the rest (for `save_figure`)."""
@@ -91,7 +91,7 @@ class PatternHeatmap:
         self.image.set_clim(*limits)
         self.title.set_text(title)
         self._canvas.draw()
-        self._background = np.asarray(self._canvas.buffer_rgba())[..., :3].copy()
+        self._background = _rgb(self._canvas)
         # The axes' box in buffer pixels (rows from the top); a pixel takes the cell under its centre.
         x0, y0, x1, y1 = self.axes.get_window_extent().extents
         rows = self._background.shape[0] - (np.arange(self._background.shape[0]) + 0.5)  # display y of row centres
@@ -133,6 +133,11 @@ def figure_pixels(figure: Figure) -> np.ndarray:
     """`figure` rendered by Agg, [height, width, 3] uint8 RGB (for TensorBoard images)."""
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
+    return _rgb(canvas)
+
+
+def _rgb(canvas: FigureCanvasAgg) -> np.ndarray:
+    """A copy of what `canvas` holds now, [height, width, 3] uint8 RGB."""
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
