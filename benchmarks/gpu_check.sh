@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One CUDA GPU, at most 8 minutes (each step has its own time limit), one table at the end:
 #   1. the scorer's exactness tests on CUDA, float32 (against the naive computation) and bfloat16 (against
-#      float32), on 3 families: Llama (grouped-query), Gemma 2 (soft-capping, sliding window), GPT-OSS (sinks);
+#      float32), on 3 families: Llama (grouped-query: sdpa + the Triton scoring kernel), Gemma 2 (soft-capping,
+#      sliding window) and GPT-OSS (sinks), both through the Python blocks; and the Triton kernel's own tests
+#      (tests/test_triton_scores.py) compiled for the GPU;
 #   2. the cost benchmark against an sdpa training step at T = 1024, 2048, 4096 on a randomly initialised
-#      1.1B-parameter Llama in bfloat16, unpadded and right-padded (benchmarks/pattern_cost.py);
+#      1.1B-parameter Llama in bfloat16, unpadded and right-padded (benchmarks/pattern_cost.py): sdpa + Triton
+#      and the Python blocks;
 #   3. a 20-step demo fit with HeadActivationCallback under bf16-true.
 #
 #   bash benchmarks/gpu_check.sh             # on a machine with a CUDA GPU, from any directory
@@ -31,7 +34,7 @@ if [[ $DRY == 0 ]]; then
     exit 2
   fi
   TEST_DEVICE=cuda
-  COST=(--device cuda --model 1b --lengths 1024 2048 4096 --paddings none right --repeats 2)
+  COST=(--device cuda --model 1b --lengths 1024 2048 4096 --paddings none right --repeats 2 --naive-max-length 1024)
   FIT=(--trainer.accelerator gpu --trainer.devices 1 --trainer.precision bf16-true --trainer.max_steps 20
        --model.warmup_steps 5)
   LIMITS=(150 250 80)  # seconds for the tests (with the first build of the CPU kernel, for the CPU
@@ -44,23 +47,26 @@ else
   LIMITS=(600 600 600)  # the plumbing check may run on a slow, shared CPU
 fi
 
-# 1. Exactness: 3 families x (float32 against the naive computation, bfloat16 against float32).
+# 1. Exactness: 3 families x (float32 against the naive computation, bfloat16 against float32), and the Triton
+#    kernel's tests (9).
 FAMILIES="llama_gqa or gemma2_softcap_sliding or gpt_oss_sinks_moe"
 SELECTION="(test_matches_naive_per_family or test_bfloat16_model_is_scored_in_bfloat16) and ($FAMILIES)"
-timeout "${LIMITS[0]}" "$PY" -m pytest -q -rA -p no:cacheprovider tests/test_patterns.py --device "$TEST_DEVICE" \
-  -k "$SELECTION" > "$WORK/pytest.log" 2>&1
+timeout "${LIMITS[0]}" "$PY" -m pytest -q -rA -p no:cacheprovider tests/test_patterns.py tests/test_triton_scores.py \
+  --device "$TEST_DEVICE" -k "test_triton_scores or ($SELECTION)" > "$WORK/pytest.log" 2>&1
 PYTEST_STATUS=$?
 grep -E '^(PASSED|FAILED|ERROR|SKIPPED)' "$WORK/pytest.log" \
-  | sed -E 's/^([A-Z]+) tests\/test_patterns.py::([^ ]+).*/| exactness | \2 | \1 |/' >> "$ROWS"
+  | sed -E 's/^([A-Z]+) tests\/(test_[a-z_]+).py::([^ ]+).*/| exactness | \2::\3 | \1 |/' >> "$ROWS"
 SELECTED=$(grep -cE '^(PASSED|FAILED|ERROR|SKIPPED)' "$WORK/pytest.log")
-if [[ $PYTEST_STATUS != 0 || $SELECTED != 6 ]]; then
-  echo "| exactness | pytest exit status $PYTEST_STATUS, $SELECTED of 6 tests reported | FAILED |" >> "$ROWS"
+if [[ $PYTEST_STATUS != 0 || $SELECTED != 15 ]]; then
+  echo "| exactness | pytest exit status $PYTEST_STATUS, $SELECTED of 15 tests reported | FAILED |" >> "$ROWS"
   tail -n 30 "$WORK/pytest.log" >&2
   STATUS=1
 fi
 
-# 2. Cost against an sdpa training step.
-if timeout "${LIMITS[1]}" "$PY" benchmarks/pattern_cost.py "${COST[@]}" --jsonl "$WORK/cost.jsonl" > "$WORK/cost.log" 2>&1; then
+# 2. Cost against an sdpa training step (rows are written as they finish: a run cut short keeps its rows).
+timeout "${LIMITS[1]}" "$PY" benchmarks/pattern_cost.py "${COST[@]}" --jsonl "$WORK/cost.jsonl" > "$WORK/cost.log" 2>&1
+COST_STATUS=$?
+if [[ -s "$WORK/cost.jsonl" ]]; then
   "$PY" - "$WORK/cost.jsonl" >> "$ROWS" <<'EOF'
 import json
 import sys
@@ -76,15 +82,16 @@ for line in open(sys.argv[1]):
         print(f"| cost | T={row['length']}, padding {row['padding']} | ours: {ours.get('error')}; train:"
               f" {train.get('error')} |")
         continue
-    naive = "skipped" if row["naive"].get("error") == "skipped" else (
-        f"{ratio(row, 'naive', 'seconds')} time, {ratio(row, 'naive', 'mib')} memory")
-    print(f"| cost | T={row['length']}, padding {row['padding']} | ours {ours['seconds']:.2f} s / train"
-          f" {train['seconds']:.2f} s = {ratio(row, 'ours', 'seconds')} time, {ratio(row, 'ours', 'mib')} memory"
-          f" ({ours['mib']:.0f} / {train['mib']:.0f} MiB); naive: {naive}; backward: {ours['backward']};"
-          f" bf16 vs fp32 {ours['deviation']:.1e} |")
+    other = {method: "skipped" if row[method].get("error") == "skipped" else (
+        f"{ratio(row, method, 'seconds')} time, {ratio(row, method, 'mib')} memory") for method in ("blocks", "naive")}
+    print(f"| cost | T={row['length']}, padding {row['padding']} | ours {ours['seconds']:.3f} s / train"
+          f" {train['seconds']:.3f} s = {ratio(row, 'ours', 'seconds')} time, {ratio(row, 'ours', 'mib')} memory"
+          f" ({ours['mib']:.0f} / {train['mib']:.0f} MiB); Python blocks: {other['blocks']}; naive: {other['naive']};"
+          f" backward: {ours['backward']}; bf16 vs fp32 {ours['deviation']:.1e} |")
 EOF
-else
-  echo "| cost | pattern_cost.py ${COST[*]} | FAILED (see below) |" >> "$ROWS"
+fi
+if [[ $COST_STATUS != 0 ]]; then
+  echo "| cost | pattern_cost.py ${COST[*]} | FAILED, exit status $COST_STATUS (see below) |" >> "$ROWS"
   tail -n 30 "$WORK/cost.log" >&2
   STATUS=1
 fi

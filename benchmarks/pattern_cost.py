@@ -16,8 +16,11 @@ Each measurement runs in its own subprocess, so its peak memory is its own: on C
 minus the peak before the measured work (after building the model and the batch), on CUDA peak allocated
 minus allocated before. Time is the fastest of `--repeats` runs after one warm-up run.
 
-    ours   lightning_sft.patterns.score_heads; `backward` says which backward ran: the C++ kernel
-           (counted calls, one per layer) or the Python path
+    ours   lightning_sft.patterns.score_heads; `backward` says which backward ran: on CPU the C++ kernel
+           (counted calls, one per layer) or the Python path, on CUDA sdpa + the Triton scoring kernel
+           (counted calls)
+    blocks (CUDA only) the same with the Python blocks of `head_scored_attention` instead of sdpa + Triton,
+           the path CUDA takes for soft-capping and sinks
     naive  eager attention, output_attentions=True, retain_grad() on every layer's probabilities,
            loss.backward(), sum |A * A.grad|  (what one would write first; it keeps every layer's
            T x T probabilities and their gradients, so it is skipped above --naive-max-length)
@@ -38,8 +41,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lightning_sft.storage import atomic_write_text  # noqa: E402
 
-METHODS = ("ours", "naive", "train")
+METHODS = ("ours", "blocks", "naive", "train")
 PADDINGS = ("none", "right", "left")
 BATCH = 2
 MODELS = {
@@ -92,12 +96,24 @@ def naive_scores(model, batch) -> torch.Tensor:
     return torch.stack([(a * a.grad).abs().float().sum((2, 3)) for a in output.attentions], dim=1)
 
 
-def counted_kernel_calls() -> list:
-    """Route the scorer's C++ kernel (if it builds) through a counter; returns the list each call appends to."""
+def counted_kernel_calls(device: torch.device) -> list:
+    """Route the scorer's kernel (CPU: the C++ kernel if it builds; CUDA: the Triton one) through a counter;
+    returns the list each call appends to."""
     from lightning_sft import cpu_kernel, head_scored_attention
 
-    kernel = cpu_kernel.scored_attention_backward()
     calls = []
+    if device.type == "cuda":
+        from lightning_sft import triton_scores
+
+        add_head_scores = triton_scores.add_head_scores
+
+        def counted_triton(*arguments):
+            calls.append(1)
+            return add_head_scores(*arguments)
+
+        triton_scores.add_head_scores = counted_triton
+        return calls
+    kernel = cpu_kernel.scored_attention_backward()
     if kernel is not None:
         def counted(*arguments):
             calls.append(1)
@@ -126,11 +142,14 @@ class Memory:
 
 
 def measure(method: str, model_name: str, length: int, padding: str, device: torch.device, repeats: int) -> dict:
+    from lightning_sft import patterns
     from lightning_sft.patterns import activation_pattern, score_heads
 
     model, batch = build(model_name, length, padding, device)
-    calls = counted_kernel_calls() if method == "ours" and device.type == "cpu" else []  # a CPU-only kernel
-    if method == "ours":
+    calls = counted_kernel_calls(device) if method == "ours" else []
+    if method == "blocks":
+        patterns._uses_triton = lambda *arguments: False
+    if method in ("ours", "blocks"):
         model.eval()
         run = lambda: score_heads(model, [batch])  # noqa: E731
     elif method == "naive":
@@ -152,8 +171,11 @@ def measure(method: str, model_name: str, length: int, padding: str, device: tor
         times.append(time.perf_counter() - start)
         model.zero_grad(set_to_none=True)
     result = {"seconds": min(times[1:]), "mib": memory.peak_mib()}
+    if method == "blocks":
+        result["backward"] = "Python blocks"
     if method == "ours":
-        result["backward"] = f"C++ kernel ({len(calls) // (repeats + 1)} calls)" if calls else "Python"
+        kernel = "sdpa + Triton" if device.type == "cuda" else "C++ kernel"
+        result["backward"] = f"{kernel} ({len(calls) // (repeats + 1)} calls)" if calls else "Python"
         # The same weights in the other of float32 and bfloat16.
         in_bfloat16 = model.dtype == torch.bfloat16
         pattern = activation_pattern(model, [batch])
@@ -208,32 +230,34 @@ def main() -> None:
     where = torch.cuda.get_device_name() if args.device == "cuda" else torch.backends.cpu.get_cpu_capability()
     print(f"torch {torch.__version__}, {args.device} ({where}), {torch.get_num_threads()} threads; model {args.model},"
           f" batch {BATCH}\n")
-    print("| T | padding | backward | ours s | ours MiB | naive s | naive MiB | train s | train MiB | ours/train time"
-          " | ours/train mem | naive/train time | naive/train mem | bf16 vs fp32 |")
-    print("|---" * 14 + "|")
+    print("| T | padding | backward | ours s | ours MiB | blocks s | blocks MiB | naive s | naive MiB | train s"
+          " | train MiB | ours/train time | ours/train mem | blocks/train time | blocks/train mem | naive/train time"
+          " | naive/train mem | bf16 vs fp32 |")
+    print("|---" * 18 + "|")
     rows = []
     for length in args.lengths:
         for padding in args.paddings:
             results = {}
             for method in METHODS:
-                if method == "naive" and length > args.naive_max_length:
+                if (method == "naive" and length > args.naive_max_length
+                        or method == "blocks" and args.device != "cuda"):
                     results[method] = {"error": "skipped"}
                     continue
                 results[method] = in_subprocess(*common, "--measure", method, "--lengths", str(length),
                                                 "--paddings", padding)
-            ours, naive, train = (results[method] for method in METHODS)
+            ours, blocks, naive, train = (results[method] for method in METHODS)
             cells = [str(length), padding, ours.get("backward", "failed")]
-            for result in (ours, naive, train):
+            for result in (ours, blocks, naive, train):
                 cells += [cell(result, "seconds", ".2f"), cell(result, "mib", ".0f")]
-            for result in (ours, naive):
+            for result in (ours, blocks, naive):
                 cells += [ratio(result, train, "seconds"), ratio(result, train, "mib")]
             print("| " + " | ".join(cells + [cell(ours, "deviation", ".1e")]) + " |", flush=True)
             rows.append({"length": length, "padding": padding, **results})
+            if args.jsonl:  # row by row, so a run stopped at a time limit keeps the rows it finished
+                atomic_write_text(args.jsonl, "".join(json.dumps(row) + "\n" for row in rows))
             for method, result in results.items():
                 if "error" in result and result["error"] != "skipped":
                     print(f"  T={length} {padding} {method}: {result['error']}", file=sys.stderr)
-    if args.jsonl:
-        args.jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 if __name__ == "__main__":

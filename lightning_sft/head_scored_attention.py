@@ -11,7 +11,8 @@ On CPU without soft-capping or sinks, PyTorch's fused flash-attention kernel doe
 returns the logsumexp) and our C++ kernel (`csrc/scored_attention.cpp`, built on first use by
 `cpu_kernel`) the backward: the same blocks and products as PyTorch's fused backward, with the score
 summed in the pass that forms dS, so scoring costs less than a training step's attention backward.
-Elsewhere (CUDA, soft-capping, sinks) the Python blocks here do everything; on CPU without the C++
+Elsewhere (soft-capping, sinks; CUDA without Triton) the Python blocks here do everything (on CUDA otherwise,
+sdpa and `triton_scores`' kernel do, not this class); on CPU without the C++
 kernel PyTorch's fused backward gives dQ, dK, dV and the Python blocks only score, which costs two extra
 T x T matmuls per layer (S and G, which the fused backward computes but does not expose).
 

@@ -17,6 +17,7 @@ independent (their losses are summed), so batching does not change any score.
 This module is the library only; `lightning_sft.score` scores a saved model on probe files.
 """
 
+import importlib.util
 import inspect
 import math
 from contextlib import contextmanager
@@ -36,6 +37,9 @@ from lightning_sft.models import left_as_found
 from lightning_sft.labels import IGNORE_INDEX
 
 ATTENTION_NAME = "lightning_sft_head_scores"
+# On CUDA with Triton (PyTorch's CUDA wheels bring it) and no soft-capping or sinks, PyTorch's sdpa computes the
+# attention and its gradients and a Triton kernel only scores (`triton_scores`); elsewhere `HeadScoredAttention`.
+TRITON = importlib.util.find_spec("triton") is not None
 BATCH_KEYS = ("input_ids", "attention_mask", "labels")
 # Arguments some families pass to their attention function that change the attention computed here.
 UNSUPPORTED_ARGUMENTS = ("position_bias", "sinks", "indices", "block_indices", "head_mask")
@@ -115,10 +119,21 @@ def _scored_attention(
     scores = torch.zeros(query.shape[:2], dtype=torch.float32, device=query.device)
     probe.layer_scores[layer] = scores
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if _uses_triton(query, value, softcap, s_aux):
+        from lightning_sft.triton_scores import scored_sdpa_attention
+
+        return scored_sdpa_attention(module, query, key, value, attention_mask, scores, scale, causal,
+                                     input_grads), None
     sinks = None if s_aux is None else s_aux.detach()
     output = HeadScoredAttention.apply(query, key, value, attention_mask, scores, scale, causal, softcap, sinks,
                                        input_grads)
     return output.transpose(1, 2).contiguous(), None
+
+
+def _uses_triton(query: Tensor, value: Tensor, softcap: float | None, sinks: Tensor | None) -> bool:
+    """Whether sdpa + the Triton scoring kernel compute this attention (see TRITON)."""
+    return (TRITON and query.is_cuda and softcap is None and sinks is None
+            and query.shape[-1] == value.shape[-1])
 
 
 AttentionInterface.register(ATTENTION_NAME, _scored_attention)

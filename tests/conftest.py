@@ -1,7 +1,15 @@
 """Shared fixtures: an offline tokenizer and tiny models built from configs (no downloads)."""
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Without a GPU, Triton kernels (lightning_sft.triton_scores) run in Triton's interpreter on the CPU. Triton
+    # reads this when it is imported (Lightning imports it) and when a kernel runs; torch does not import it.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lightning_sft.tokenizer import byte_tokenizer
