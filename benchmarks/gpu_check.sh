@@ -37,7 +37,7 @@ if [[ $DRY == 0 ]]; then
   COST=(--device cuda --model 1b --lengths 1024 2048 4096 --paddings none right --repeats 2 --naive-max-length 1024)
   FIT=(--trainer.accelerator gpu --trainer.devices 1 --trainer.precision bf16-true --trainer.max_steps 20
        --model.warmup_steps 5)
-  LIMITS=(150 250 80)  # seconds for the tests (with the first build of the CPU kernel, for the CPU
+  LIMITS=(100 330 50)  # seconds for the tests (with the first build of the CPU kernel, for the CPU
                        # references), the benchmark and the fit: 480 s in all
 else
   TEST_DEVICE=cpu

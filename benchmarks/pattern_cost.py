@@ -141,6 +141,18 @@ class Memory:
         return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.before) / 2**20
 
 
+def fastest(run, repeats: int, device: torch.device) -> float:
+    """Seconds of the fastest of `repeats` calls of `run` after one warm-up call (CUDA synchronised)."""
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
 def measure(method: str, model_name: str, length: int, padding: str, device: torch.device, repeats: int) -> dict:
     from lightning_sft import patterns
     from lightning_sft.patterns import activation_pattern, score_heads
@@ -154,23 +166,19 @@ def measure(method: str, model_name: str, length: int, padding: str, device: tor
         run = lambda: score_heads(model, [batch])  # noqa: E731
     elif method == "naive":
         model.eval().set_attn_implementation("eager")
-        run = lambda: naive_scores(model, batch)  # noqa: E731
+
+        def run():
+            model.zero_grad(set_to_none=True)
+            naive_scores(model, batch)
     else:
         model.train().set_attn_implementation("sdpa")
 
         def run():
+            model.zero_grad(set_to_none=True)
             model(**batch, use_cache=False).loss.backward()
 
     memory = Memory(device)
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        model.zero_grad(set_to_none=True)
-    result = {"seconds": min(times[1:]), "mib": memory.peak_mib()}
+    result = {"seconds": fastest(run, repeats, device), "mib": memory.peak_mib()}
     if method == "blocks":
         result["backward"] = "Python blocks"
     if method == "ours":

@@ -22,8 +22,10 @@ import triton.language as tl
 from torch import Tensor
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+# Tile shape and warps per program (benchmarks/triton_tiles.py compares others on a GPU).
 BLOCK_M = 64  # query rows per program
 BLOCK_N = 64  # keys per tile
+NUM_WARPS = 4
 
 
 @triton.jit
@@ -120,7 +122,7 @@ def add_head_scores(query: Tensor, key: Tensor, value: Tensor, grad_output: Tens
         heads, heads // key.shape[1], length, keys, dim, scale,
         MASK_KIND=mask_kind, CAUSAL=is_causal and mask is None,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(dim)))
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(dim)), num_warps=NUM_WARPS)
     scores += partial.sum(1).view(batch, heads)
 
 
