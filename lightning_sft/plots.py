@@ -8,6 +8,7 @@ minus vanishes at TensorBoard's card size, so "-0.10" would read as "0.10").
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -84,13 +85,25 @@ class PatternHeatmap:
         figure.colorbar(self.image, cax=colorbar_axes)
         self.figure = figure
         self._canvas = FigureCanvasAgg(figure)
+        # what `draw` changes: the colour bar (its ticks follow the limits) and the title; they overlap
+        # nothing else, so drawn over the rest's rendering (`_fixed`, made by the first `draw`) they give
+        # the pixels of a whole drawing
+        self._changing = (colorbar_axes, self.title)
+        self._fixed: Any = None
         self._background: np.ndarray | None = None
 
     def draw(self, limits: tuple[float, float], title: str) -> None:
         """Render everything but the cells with colour limits `limits` and `title`."""
         self.image.set_clim(*limits)
         self.title.set_text(title)
-        self._canvas.draw()
+        for artist in self._changing:
+            artist.set_animated(True)  # left out of a whole drawing
+        if self._fixed is None:
+            self._canvas.draw()
+            self._fixed = self._canvas.copy_from_bbox(self.figure.bbox)
+        self._canvas.restore_region(self._fixed)
+        for artist in self._changing:
+            self.figure.draw_artist(artist)
         self._background = _rgb(self._canvas)
         # The axes' box in buffer pixels (rows from the top); a pixel takes the cell under its centre.
         x0, y0, x1, y1 = self.axes.get_window_extent().extents
@@ -120,6 +133,8 @@ class PatternHeatmap:
         self.image.set_clim(*limits)
         self.image.set_visible(True)
         self.title.set_text(title)
+        for artist in self._changing:
+            artist.set_animated(False)
         return self.figure
 
 
