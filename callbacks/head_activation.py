@@ -41,7 +41,7 @@ from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
 from callbacks.schedule import Schedule
-from lightning_sft import stats
+from lightning_sft import event_crc, stats
 from lightning_sft.data import collate_batches, load_examples
 from lightning_sft.models import model_of, pad_token_id, tokenizer_for
 from lightning_sft.patterns import score_heads
@@ -160,6 +160,7 @@ class HeadActivationCallback(Callback):
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
+        event_crc.use_for_event_files()  # checksums of the end's images: ~0.25 s of the demo's hooks otherwise
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # trainer.log_dir: collective, all ranks
         self._resolved_save_dir = (Path(self.save_dir) if self.save_dir else log_dir / "head_patterns").absolute()
         for other in trainer.callbacks:
