@@ -460,7 +460,7 @@ def _probe_of(tag: str, patterns: Mapping[str, Any]) -> str | None:
 def add_png(writer: SummaryWriter, tag: str, pixels: np.ndarray, step: int) -> None:
     """Log `pixels` [height, width, 3] uint8 RGB as TensorBoard image `tag` at `step` (a PNG, `png_bytes`).
 
-    `SummaryWriter.add_image` takes about twice as long for the same pixels (level 6 compression and more
+    `SummaryWriter.add_image` takes longer for the same pixels (Pillow's PNG writer at level 6, and more
     conversions), which matters for a hundred heatmaps at the end of a run.
     """
     height, width, channels = pixels.shape
@@ -473,8 +473,8 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     """`pixels` [height, width, 3] uint8 RGB as a PNG: every row filtered "Up" (its difference to the row
     above, zero wherever the heatmap's flat colours repeat), deflated at zlib level 3.
 
-    About three times faster than Pillow's PNG writer, whose per-row adaptive filter choice dominates its
-    time, for files no larger; the event file's writer checksums every byte in Python, so size counts too.
+    About three times faster than Pillow's PNG writer (at level 1), whose per-row adaptive filter choice
+    dominates its time, for files no larger: the event file's writer checksums every byte, so size counts.
     """
     height, width, channels = pixels.shape
     if pixels.dtype != np.uint8 or channels != 3:

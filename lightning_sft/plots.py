@@ -58,9 +58,10 @@ class PatternHeatmap:
     """Layers x heads heatmaps of [num_layers, num_heads] patterns, as RGB pixels, many frames per drawing.
 
     `draw(limits, title)` renders the figure (axes, ticks, a colour bar spanning `limits` = (vmin, vmax),
-    the title) once; each `frame(pattern)` then only colours the cells: the colour map's RGB of each value,
-    nearest-neighbour into the axes' pixel box, as imshow(interpolation="nearest") draws them, on a copy of
-    that drawing. No matplotlib drawing per frame, so the callback's heatmaps cost a copy and an index each.
+    the title; after the first, only the colour bar and the title); each `frame(pattern)` then only colours
+    the cells: the colour map's RGB of each value, nearest-neighbour into the axes' pixel box, as
+    imshow(interpolation="nearest") draws them, on a copy of that drawing. No matplotlib drawing per frame,
+    so the callback's heatmaps cost a copy and an index each.
     The colour limits are fixed per `draw`, so frames of one drawing compare across steps. `diverging=True`
     (for changes) uses a red-blue map.
     """
@@ -93,7 +94,8 @@ class PatternHeatmap:
         self._background: np.ndarray | None = None
 
     def draw(self, limits: tuple[float, float], title: str) -> None:
-        """Render everything but the cells with colour limits `limits` and `title`."""
+        """Render everything but the cells with colour limits `limits` and `title`: the first call draws the
+        whole figure but those two, later ones copy that back and draw only the colour bar and title."""
         self.image.set_clim(*limits)
         self.title.set_text(title)
         for artist in self._changing:
@@ -109,9 +111,9 @@ class PatternHeatmap:
         self._edge_pixels = self._background[self._box][self._edge]
 
     def _locate_cells(self, pixels: np.ndarray) -> None:
-        """Where the cells go in `pixels` [height, width, 3] (a drawing without them): the axes' box in buffer
-        pixels (rows from the top), the cell index (layer * num_heads + head) under each box pixel's centre,
-        and the box pixels off the axes' face (the spines drawn over its edge), which the cells leave as drawn."""
+        """Where the cells go in `pixels` [height, width, 3] (a drawing without them): the axes' box in
+        buffer pixels (rows from the top), the cell index (layer * num_heads + head) under each box pixel's
+        centre, and the box pixels off the axes' face (the spines drawn over its edge), left as drawn."""
         x0, y0, x1, y1 = self.axes.get_window_extent().extents
         rows = pixels.shape[0] - (np.arange(pixels.shape[0]) + 0.5)  # display y of row centres
         columns = np.arange(pixels.shape[1]) + 0.5
