@@ -160,7 +160,7 @@ class HeadActivationCallback(Callback):
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
-        event_crc.use_for_event_files()  # checksums of the end's images: ~0.25 s of the demo's hooks otherwise
+        event_crc.use_for_event_files()  # the end's images: ~0.2 s of checksums in the demo otherwise
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # trainer.log_dir: collective, all ranks
         self._resolved_save_dir = (Path(self.save_dir) if self.save_dir else log_dir / "head_patterns").absolute()
         for other in trainer.callbacks:
