@@ -8,6 +8,7 @@ minus vanishes at TensorBoard's card size, so "-0.10" would read as "0.10").
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -57,9 +58,10 @@ class PatternHeatmap:
     """Layers x heads heatmaps of [num_layers, num_heads] patterns, as RGB pixels, many frames per drawing.
 
     `draw(limits, title)` renders the figure (axes, ticks, a colour bar spanning `limits` = (vmin, vmax),
-    the title) once; each `frame(pattern)` then only colours the cells: the colour map's RGB of each value,
-    nearest-neighbour into the axes' pixel box, as imshow(interpolation="nearest") draws them, on a copy of
-    that drawing. No matplotlib drawing per frame, so the callback's heatmaps cost a copy and an index each.
+    the title; after the first, only the colour bar and the title); each `frame(pattern)` then only colours
+    the cells: the colour map's RGB of each value, nearest-neighbour into the axes' pixel box, as
+    imshow(interpolation="nearest") draws them, on a copy of that drawing. No matplotlib drawing per frame,
+    so the callback's heatmaps cost a copy and an index each.
     The colour limits are fixed per `draw`, so frames of one drawing compare across steps. `diverging=True`
     (for changes) uses a red-blue map.
     """
@@ -84,26 +86,45 @@ class PatternHeatmap:
         figure.colorbar(self.image, cax=colorbar_axes)
         self.figure = figure
         self._canvas = FigureCanvasAgg(figure)
+        # what `draw` changes: the colour bar (its ticks follow the limits) and the title; they overlap
+        # nothing else, so drawn over the rest's rendering (`_fixed`, made by the first `draw`) they give
+        # the pixels of a whole drawing
+        self._changing = (colorbar_axes, self.title)
+        self._fixed: Any = None
         self._background: np.ndarray | None = None
 
     def draw(self, limits: tuple[float, float], title: str) -> None:
-        """Render everything but the cells with colour limits `limits` and `title`."""
+        """Render everything but the cells with colour limits `limits` and `title`: the first call draws the
+        whole figure but those two, later ones copy that back and draw only the colour bar and title."""
         self.image.set_clim(*limits)
         self.title.set_text(title)
-        self._canvas.draw()
+        for artist in self._changing:
+            artist.set_animated(True)  # left out of a whole drawing
+        if self._fixed is None:
+            self._canvas.draw()
+            self._fixed = self._canvas.copy_from_bbox(self.figure.bbox)
+            self._locate_cells(_rgb(self._canvas))
+        self._canvas.restore_region(self._fixed)
+        for artist in self._changing:
+            self.figure.draw_artist(artist)
         self._background = _rgb(self._canvas)
-        # The axes' box in buffer pixels (rows from the top); a pixel takes the cell under its centre.
+        self._edge_pixels = self._background[self._box][self._edge]
+
+    def _locate_cells(self, pixels: np.ndarray) -> None:
+        """Where the cells go in `pixels` [height, width, 3] (a drawing without them): the axes' box in
+        buffer pixels (rows from the top), the cell index (layer * num_heads + head) under each box pixel's
+        centre, and the box pixels off the axes' face (the spines drawn over its edge), left as drawn."""
         x0, y0, x1, y1 = self.axes.get_window_extent().extents
-        rows = self._background.shape[0] - (np.arange(self._background.shape[0]) + 0.5)  # display y of row centres
-        columns = np.arange(self._background.shape[1]) + 0.5
+        rows = pixels.shape[0] - (np.arange(pixels.shape[0]) + 0.5)  # display y of row centres
+        columns = np.arange(pixels.shape[1]) + 0.5
         inside_rows, inside_columns = np.flatnonzero((rows > y0) & (rows < y1)), np.flatnonzero(
             (columns > x0) & (columns < x1))
         num_layers, num_heads = self.shape
         self._box = (slice(inside_rows[0], inside_rows[-1] + 1), slice(inside_columns[0], inside_columns[-1] + 1))
-        self._layer = np.minimum(((y1 - rows[inside_rows]) / (y1 - y0) * num_layers).astype(int), num_layers - 1)
-        self._head = np.minimum(((columns[inside_columns] - x0) / (x1 - x0) * num_heads).astype(int), num_heads - 1)
-        # The cells cover the axes' face only: the spines drawn over its edge stay.
-        self._face = (self._background[self._box] == 255).all(-1)
+        layer = np.minimum(((y1 - rows[inside_rows]) / (y1 - y0) * num_layers).astype(int), num_layers - 1)
+        head = np.minimum(((columns[inside_columns] - x0) / (x1 - x0) * num_heads).astype(int), num_heads - 1)
+        self._cells = layer[:, None] * num_heads + head[None, :]
+        self._edge = np.nonzero(~(pixels[self._box] == 255).all(-1))
 
     def frame(self, pattern: np.ndarray) -> np.ndarray:
         """RGB pixels [height, width, 3] uint8 of `pattern` [num_layers, num_heads] on the last `draw`."""
@@ -111,7 +132,9 @@ class PatternHeatmap:
             raise RuntimeError("PatternHeatmap.frame before draw(limits, title)")
         colours = self.image.cmap(self.image.norm(np.asarray(pattern, dtype=np.float64)), bytes=True)[..., :3]
         pixels = self._background.copy()
-        np.copyto(pixels[self._box], colours[self._layer][:, self._head], where=self._face[..., None])
+        box = pixels[self._box]
+        np.take(colours.reshape(-1, 3), self._cells, axis=0, out=box)  # each pixel the colour of its cell
+        box[self._edge] = self._edge_pixels
         return pixels
 
     def still(self, pattern: np.ndarray, limits: tuple[float, float], title: str) -> Figure:
@@ -120,6 +143,8 @@ class PatternHeatmap:
         self.image.set_clim(*limits)
         self.image.set_visible(True)
         self.title.set_text(title)
+        for artist in self._changing:
+            artist.set_animated(False)
         return self.figure
 
 
