@@ -22,7 +22,7 @@ the base patterns from the checkpoint and goes on writing there (not into the ne
 directory holds step 0 and every later step. A fresh run refuses a directory that already holds patterns.
 """
 
-import io
+import struct
 import time
 import uuid
 import zlib
@@ -36,7 +36,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
@@ -459,19 +458,39 @@ def _probe_of(tag: str, patterns: Mapping[str, Any]) -> str | None:
 
 
 def add_png(writer: SummaryWriter, tag: str, pixels: np.ndarray, step: int) -> None:
-    """Log `pixels` [height, width, 3] uint8 RGB as TensorBoard image `tag` at `step`: a PNG from Pillow at
-    zlib level 1 with run-length matching (the heatmaps' flat colours: less than half the bytes of the default
-    strategy, in the same time; the event writer checksums every byte).
+    """Log `pixels` [height, width, 3] uint8 RGB as TensorBoard image `tag` at `step` (a PNG, `png_bytes`).
 
-    `SummaryWriter.add_image` takes about twice as long for the same pixels (level 6 compression and more
+    `SummaryWriter.add_image` takes longer for the same pixels (Pillow's PNG writer at level 6, and more
     conversions), which matters for a hundred heatmaps at the end of a run.
     """
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
     height, width, channels = pixels.shape
-    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=buffer.getvalue())
+    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png_bytes(pixels))
     # the writer's event-file writer, as its own add_image uses it
     writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """`pixels` [height, width, 3] uint8 RGB as a PNG: every row filtered "Up" (its difference to the row
+    above, zero wherever the heatmap's flat colours repeat), deflated at zlib level 3.
+
+    About three times faster than Pillow's PNG writer (at level 1), whose per-row adaptive filter choice
+    dominates its time, for files no larger: the event file's writer checksums every byte, so size counts.
+    """
+    height, width, channels = pixels.shape
+    if pixels.dtype != np.uint8 or channels != 3:
+        raise ValueError(f"png_bytes takes [height, width, 3] uint8 RGB; got {pixels.dtype} {pixels.shape}")
+    rows = np.empty((height, 1 + width * channels), np.uint8)
+    rows[:, 0] = 2  # PNG filter type 2, "Up" (the first row's "above" is zeros)
+    flat = pixels.reshape(height, width * channels)
+    rows[0, 1:] = flat[0]
+    np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])  # modulo 256, as PNG defines it
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, deflate, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 3))
+            + chunk(b"IEND", b""))
 
 
 def image_steps(steps: list[int]) -> list[int]:

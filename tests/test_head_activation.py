@@ -536,3 +536,21 @@ def test_images_keep_step_0_and_the_last_within_tensorboards_ten_and_fixed_colou
             rows, columns = cell_centres(PatternHeatmap(shape).axes, shape, pixels.shape[1])  # geometry: shape only
             colours = matplotlib.colormaps[cmap](norm(values), bytes=True)[..., :3]
             np.testing.assert_allclose(pixels[:, rows, columns].astype(int), colours.astype(int), atol=1)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (40, 33)])
+def test_png_bytes_decode_to_the_same_pixels(shape):
+    rng = np.random.default_rng(sum(shape))
+    flat = np.repeat(rng.integers(0, 256, (shape[0], 1, 3), dtype=np.uint8), shape[1], axis=1)  # repeated rows
+    for pixels in (rng.integers(0, 256, (*shape, 3), dtype=np.uint8), flat, 255 - flat):  # wraps both ways
+        image = Image.open(io.BytesIO(head_activation.png_bytes(pixels)))  # Pillow's decoder, checksums too
+        image.load()
+        assert (image.format, image.mode, image.size) == ("PNG", "RGB", (shape[1], shape[0]))
+        np.testing.assert_array_equal(np.asarray(image), pixels)
+
+
+def test_png_bytes_refuses_other_than_uint8_rgb():
+    with pytest.raises(ValueError, match=r"uint8 RGB; got float64 \(2, 2, 3\)"):
+        head_activation.png_bytes(np.zeros((2, 2, 3)))
+    with pytest.raises(ValueError, match=r"got uint8 \(2, 2, 4\)"):
+        head_activation.png_bytes(np.zeros((2, 2, 4), np.uint8))
