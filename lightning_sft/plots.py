@@ -193,7 +193,7 @@ class CorrelationHeatmap(RedrawnFigure):
                        for column in range(size)] for row in range(size)]
         self.title = axes.set_title(" ", fontsize=10)
         figure.colorbar(self.image, ax=axes)
-        figure.canvas.draw()  # lays out once with stand-in text; the layout engine is off for every frame
+        FigureCanvasAgg(figure).draw()  # lays out once with stand-in text; the layout engine is off for every frame
         figure.set_layout_engine("none")
         super().__init__(figure, [self.image, *axes.spines.values(), self.title,
                                   *(text for row in self.texts for text in row)])

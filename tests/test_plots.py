@@ -90,3 +90,14 @@ def test_drift_figure_is_symlog_where_steps_crowd_the_start(steps, symlog):
     assert pearson_axes.get_xscale() == mse_axes.get_xscale() == ("symlog" if symlog else "linear")
     assert [text.get_text() for text in mse_axes.get_legend().get_texts()] == ["a", "b"]
     assert len(pearson_axes.get_lines()) == len(mse_axes.get_lines()) == 2
+
+
+def test_correlation_heatmap_keeps_long_probe_names_inside_the_figure():
+    """The layout is made once, on a real canvas: rotated long names are neither cut at the bottom nor left."""
+    heatmap = CorrelationHeatmap(["addition", "reversed_sum", "arc_challenge"])
+    heatmap.frame(np.eye(3), "change correlation, step 1500")
+    axes, renderer = heatmap.image.axes, heatmap._canvas.get_renderer()
+    for label in [*axes.get_xticklabels(), *axes.get_yticklabels(), heatmap.title]:
+        box = label.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.y0 >= 0, label.get_text()
+        assert box.x1 <= heatmap.figure.bbox.x1 and box.y1 <= heatmap.figure.bbox.y1, label.get_text()
