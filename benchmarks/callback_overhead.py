@@ -83,7 +83,8 @@ def hook_seconds(directory: Path, config: Path, max_steps: int | None, extra: li
     """Callback class name -> seconds inside its hooks, and "Total" -> the fit's profiled seconds (from the
     Trainer's construction to the end of fit), from one fit of `config` under SimpleProfiler."""
     profiler = ["--trainer.profiler.class_path", "lightning.pytorch.profilers.SimpleProfiler",
-                "--trainer.profiler.init_args.dirpath", str(directory), "--trainer.profiler.init_args.filename", "profile"]
+                "--trainer.profiler.init_args.dirpath", str(directory),
+                "--trainer.profiler.init_args.filename", "profile"]
     fit(directory, config, max_steps, [*extra, *profiler])
     return read_profile(directory / "fit-profile.txt")
 

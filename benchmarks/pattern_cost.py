@@ -102,23 +102,22 @@ def counted_kernel_calls(device: torch.device) -> list:
     from lightning_sft import cpu_kernel, head_scored_attention
 
     calls = []
+
+    def counting(function):
+        def counted(*arguments):
+            calls.append(1)
+            return function(*arguments)
+
+        return counted
+
     if device.type == "cuda":
         from lightning_sft import triton_scores
 
-        add_head_scores = triton_scores.add_head_scores
-
-        def counted_triton(*arguments):
-            calls.append(1)
-            return add_head_scores(*arguments)
-
-        triton_scores.add_head_scores = counted_triton
+        triton_scores.add_head_scores = counting(triton_scores.add_head_scores)
         return calls
     kernel = cpu_kernel.scored_attention_backward()
     if kernel is not None:
-        def counted(*arguments):
-            calls.append(1)
-            return kernel(*arguments)
-
+        counted = counting(kernel)
         head_scored_attention.scored_attention_backward = lambda: counted
     return calls
 

@@ -8,7 +8,6 @@ minus vanishes at TensorBoard's card size, so "-0.10" would read as "0.10").
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -85,12 +84,11 @@ class PatternHeatmap:
         self.title = self.axes.set_title(" ", fontsize=9)
         figure.colorbar(self.image, cax=colorbar_axes)
         self.figure = figure
-        self._canvas = FigureCanvasAgg(figure)
         # what `draw` changes: the colour bar (its ticks follow the limits) and the title; they overlap
-        # nothing else, so drawn over the rest's rendering (`_fixed`, made by the first `draw`) they give
-        # the pixels of a whole drawing
+        # nothing else, so redrawn over the rest's rendering (made once, by the first `draw`) they give the
+        # pixels of a whole drawing
         self._changing = (colorbar_axes, self.title)
-        self._fixed: Any = None
+        self._redrawn: RedrawnFigure | None = None
         self._background: np.ndarray | None = None
 
     def draw(self, limits: tuple[float, float], title: str) -> None:
@@ -98,22 +96,19 @@ class PatternHeatmap:
         whole figure but those two, later ones copy that back and draw only the colour bar and title."""
         self.image.set_clim(*limits)
         self.title.set_text(title)
-        for artist in self._changing:
-            artist.set_animated(True)  # left out of a whole drawing
-        if self._fixed is None:
-            self._canvas.draw()
-            self._fixed = self._canvas.copy_from_bbox(self.figure.bbox)
-            self._locate_cells(_rgb(self._canvas))
-        self._canvas.restore_region(self._fixed)
-        for artist in self._changing:
-            self.figure.draw_artist(artist)
-        self._background = _rgb(self._canvas)
+        first = self._redrawn is None
+        if first:
+            self._redrawn = RedrawnFigure(self.figure, self._changing)
+        self._background = self._redrawn.pixels()
+        if first:
+            self._locate_cells(self._background)
         self._edge_pixels = self._background[self._box][self._edge]
 
     def _locate_cells(self, pixels: np.ndarray) -> None:
-        """Where the cells go in `pixels` [height, width, 3] (a drawing without them): the axes' box in
-        buffer pixels (rows from the top), the cell index (layer * num_heads + head) under each box pixel's
-        centre, and the box pixels off the axes' face (the spines drawn over its edge), left as drawn."""
+        """Where the cells go in `pixels` [height, width, 3] (a drawing without them; the title and colour
+        bar lie outside the axes): the axes' box in buffer pixels (rows from the top), the cell index
+        (layer * num_heads + head) under each box pixel's centre, and the box pixels off the axes' face (the
+        spines drawn over its edge), left as drawn."""
         x0, y0, x1, y1 = self.axes.get_window_extent().extents
         rows = pixels.shape[0] - (np.arange(pixels.shape[0]) + 0.5)  # display y of row centres
         columns = np.arange(pixels.shape[1]) + 0.5

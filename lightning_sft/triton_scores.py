@@ -8,8 +8,9 @@ backward and the kernel adds, per (example, query head),
 
 recomputing P one [BLOCK_M, BLOCK_N] tile at a time as flash-attention does: a first pass over the keys
 gives each row's log-normaliser, a second forms P and G and sums |P G|. No [T, T] matrix is kept; each
-block of queries visits only the keys from the first to the last one that some row of it attends to. Products run on the inputs' dtype
-(bfloat16 tensor cores, float32 accumulation; float32 inputs in IEEE float32) and the softmax in float32.
+block of queries visits only the keys from the first to the last one that some row of it attends to.
+Products run on the inputs' dtype (bfloat16 tensor cores, float32 accumulation; float32 inputs in IEEE
+float32) and the softmax in float32.
 
 Shapes: query [B, Hq, Tq, D], key/value [B, Hkv, Tk, D] (query head h reads key/value head h // (Hq / Hkv)),
 grad_output [B, Hq, Tq, D] (any strides), mask None or broadcastable to [B, Hq, Tq, Tk], bool (True
