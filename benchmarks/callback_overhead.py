@@ -4,18 +4,19 @@
     python benchmarks/callback_overhead.py [--max-steps N] [--repeats 3] [-- extra train.py arguments]
 
 Each fit runs `train.py fit --config configs/demo.yaml` in its own process (same seed, same data; the demo's
-steps unless `--max-steps`); the variants alternate (repeated `--repeats` times) so that a slow spell of a
-shared machine falls on all of them alike. TaskAccuracyCallback evaluates the five demo tasks on their held-out
-probe rows (32 each, greedy, at most 8 new tokens) every `--eval-every` steps and at the end. The scorer's CPU
-kernel is built (or found) before the first fit, so no fit pays its one-time compilation. Prints the median and
-the range of each (wall time, and the fit process's CPU time), and the time inside the scorer from the
-callback's `head_probe/seconds` scalars.
+steps unless `--max-steps`). Each of `--repeats` rounds runs the variants one after another (in reverse order
+every other round), then one more fit of the last variant under Lightning's SimpleProfiler, so a slow spell of
+a shared machine falls on all of them alike. TaskAccuracyCallback evaluates the five demo tasks on their
+held-out probe rows (32 each, greedy, at most 8 new tokens) every `--eval-every` steps and at the end. The
+scorer's CPU kernel is built (or found) before the first fit, so no fit pays its one-time compilation.
 
-Then `--profiled-runs` more fits of the last variant run under Lightning's SimpleProfiler, which gives the time
-spent inside each callback's hooks and the fit's own total: a callback's overhead is its hook time over the
-fit's time outside both callbacks, both from the same fit, so a slow spell of the machine (identical fits here
-differ by up to 20%) scales numerator and denominator alike. Arguments after `--` go to every
-fit (e.g. `-- --trainer.precision 32-true`).
+Prints, per variant, the median and range of the wall time and of the fit process's CPU time, the ratio of
+medians to the fit without callbacks, and the median (and range) of the paired ratios: each round's fit over
+the same round's fit without callbacks, which a slow spell longer than a round cancels. Then the time inside
+the scorer from the callback's `head_probe/seconds` scalars, and from the profiled fits the time inside each
+callback's hooks over the same fit's time outside both callbacks: numerator and denominator come from one
+fit, so machine speed cancels (identical fits here differ by up to 20% in wall time). Arguments after `--`
+go to every fit (e.g. `-- --trainer.precision 32-true`).
 """
 
 import argparse
@@ -121,7 +122,6 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, help="default: the demo's trainer.max_steps")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--eval-every", type=int, default=250, help="TaskAccuracyCallback's every_n_steps")
-    parser.add_argument("--profiled-runs", type=int, default=3, help="fits under SimpleProfiler (hook times)")
     parser.add_argument("extra", nargs="*", help="arguments passed to every fit, after `--`")
     args = parser.parse_args()
     if scored_attention_backward() is None:
@@ -130,41 +130,44 @@ def main() -> None:
     cpu_times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
     with tempfile.TemporaryDirectory() as scratch:
         configs = demo_variants(Path(scratch), args.eval_every)
+        profiled = []
         for repeat in range(args.repeats):
-            for index, variant in enumerate(VARIANTS):
-                directory = Path(scratch) / f"{index}_{repeat}"
+            for variant in VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]:  # no variant always first
+                directory = Path(scratch) / f"{VARIANTS.index(variant)}_{repeat}"
                 wall, cpu = fit(directory, configs[variant], args.max_steps, args.extra)
                 times[variant].append(wall)
                 cpu_times[variant].append(cpu)
                 print(f"{variant}, run {repeat + 1}: {wall:.1f} s wall, {cpu:.1f} s CPU", file=sys.stderr, flush=True)
+            profiled.append(hook_seconds(Path(scratch) / f"profiled_{repeat}", configs[VARIANTS[3]], args.max_steps,
+                                         args.extra))
         counts = [logged(Path(scratch) / f"{index}_0" / "lightning_logs" / "version_0")
                   for index in range(len(VARIANTS))]
-        profiled = [hook_seconds(Path(scratch) / f"profiled_{run}", configs[VARIANTS[3]], args.max_steps, args.extra)
-                    for run in range(args.profiled_runs)]
     (_, _, _, _), (images, scoring, probes, _), (no_images, _, _, _), (_, _, _, accuracies) = counts
     if no_images or not images or not accuracies:
         raise RuntimeError(f"the variants are not what they say: {images} images with the callback, {no_images} "
                            f"without images, {accuracies} accuracy scalars with TaskAccuracyCallback")
     base, cpu_base = statistics.median(times[VARIANTS[0]]), statistics.median(cpu_times[VARIANTS[0]])
     steps = args.max_steps or yaml.safe_load(DEMO.read_text())["trainer"]["max_steps"]
-    print(f"| demo fit, {steps} steps, {args.repeats} runs each {' '.join(args.extra)} "
-          "| median wall time (s) | range (s) | median / without | median CPU time (s) | CPU / without |")
-    print("|---|---|---|---|---|---|")
+    print(f"| demo fit, {steps} steps, {args.repeats} rounds {' '.join(args.extra)} | median wall time (s) | range (s) "
+          "| median / without | paired ratio: median (range) | median CPU time (s) | CPU / without |")
+    print("|---|---|---|---|---|---|---|")
     labels = {VARIANTS[1]: f" ({probes} probes, {images} images)",
               VARIANTS[3]: f" (every {args.eval_every} steps and at the end: {accuracies} accuracy scalars)"}
     for variant in VARIANTS:
         median, cpu = statistics.median(times[variant]), statistics.median(cpu_times[variant])
+        paired = [wall / without for wall, without in zip(times[variant], times[VARIANTS[0]])]
         print(f"| {variant}{labels.get(variant, '')} | {median:.1f} | {min(times[variant]):.1f}-"
-              f"{max(times[variant]):.1f} | {median / base:.3f} | {cpu:.1f} | {cpu / cpu_base:.3f} |")
+              f"{max(times[variant]):.1f} | {median / base:.3f} | {statistics.median(paired):.3f} ({min(paired):.3f}-"
+              f"{max(paired):.3f}) | {cpu:.1f} | {cpu / cpu_base:.3f} |")
     print(f"| time inside the scorer (sum of `head_probe/seconds`, first run with the callback) | {scoring:.1f} | | "
-          f"{scoring / base:.3f} | | |")
+          f"{scoring / base:.3f} | | | |")
     for name in ("HeadActivationCallback", "TaskAccuracyCallback"):
         seconds = [run[name] for run in profiled]
         ratios = [1 + run[name] / (run["Total"] - run["HeadActivationCallback"] - run["TaskAccuracyCallback"])
                   for run in profiled]
         print(f"| time inside {name}'s hooks, over the same fit's time outside both callbacks (SimpleProfiler, "
-              f"{args.profiled_runs} fits of the last variant) | {statistics.median(seconds):.1f} | "
-              f"{min(seconds):.1f}-{max(seconds):.1f} | {statistics.median(ratios):.3f} ({min(ratios):.3f}-"
+              f"{args.repeats} fits of the last variant) | {statistics.median(seconds):.1f} | "
+              f"{min(seconds):.1f}-{max(seconds):.1f} | | {statistics.median(ratios):.3f} ({min(ratios):.3f}-"
               f"{max(ratios):.3f}) | | |")
 
 

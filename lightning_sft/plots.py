@@ -188,7 +188,9 @@ class CorrelationHeatmap(RedrawnFigure):
                        for column in range(size)] for row in range(size)]
         self.title = axes.set_title(" ", fontsize=10)
         figure.colorbar(self.image, ax=axes)
-        FigureCanvasAgg(figure).draw()  # lays out once with stand-in text; the layout engine is off for every frame
+        # Lays out once with stand-in text, measured by Agg, without rendering; no layout engine for the frames.
+        FigureCanvasAgg(figure)
+        figure.get_layout_engine().execute(figure)
         figure.set_layout_engine("none")
         super().__init__(figure, [self.image, *axes.spines.values(), self.title,
                                   *(text for row in self.texts for text in row)])
