@@ -152,6 +152,12 @@ def fastest(run, repeats: int, device: torch.device) -> float:
     return min(times[1:])
 
 
+def training_step(model, batch) -> None:
+    """The baseline: one sdpa training step's forward and backward (fresh weight gradients each call)."""
+    model.zero_grad(set_to_none=True)
+    model(**batch, use_cache=False).loss.backward()
+
+
 def measure(method: str, model_name: str, length: int, padding: str, device: torch.device, repeats: int) -> dict:
     from lightning_sft import patterns
     from lightning_sft.patterns import activation_pattern, score_heads
@@ -171,10 +177,7 @@ def measure(method: str, model_name: str, length: int, padding: str, device: tor
             naive_scores(model, batch)
     else:
         model.train().set_attn_implementation("sdpa")
-
-        def run():
-            model.zero_grad(set_to_none=True)
-            model(**batch, use_cache=False).loss.backward()
+        run = lambda: training_step(model, batch)  # noqa: E731
 
     memory = Memory(device)
     result = {"seconds": fastest(run, repeats, device), "mib": memory.peak_mib()}

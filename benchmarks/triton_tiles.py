@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pattern_cost import MODELS, build, fastest  # noqa: E402
+from pattern_cost import MODELS, build, fastest, training_step  # noqa: E402
 
 from lightning_sft import triton_scores  # noqa: E402
 from lightning_sft.patterns import score_heads  # noqa: E402
@@ -40,13 +40,8 @@ def main() -> None:
     for length in args.lengths:
         for padding in ("none", "right"):
             model, batch = build(args.model, length, padding, device)
-
-            def train():
-                model.zero_grad(set_to_none=True)
-                model(**batch, use_cache=False).loss.backward()
-
             model.train().set_attn_implementation("sdpa")
-            train_seconds = fastest(train, args.repeats, device)
+            train_seconds = fastest(lambda: training_step(model, batch), args.repeats, device)
             model.eval()
             cells = []
             for triton_scores.BLOCK_M, triton_scores.BLOCK_N, triton_scores.NUM_WARPS in TILES:
