@@ -20,6 +20,9 @@ and saves every pattern with `lightning_sft.storage.save_pattern` (read back wit
 One run keeps one patterns directory: a run resumed with `ckpt_path` restores the directory, its run id and
 the base patterns from the checkpoint and goes on writing there (not into the new `<log_dir>`), so the
 directory holds step 0 and every later step. A fresh run refuses a directory that already holds patterns.
+A checkpoint is untrusted: the restored directory is used only where it lies inside the trainer's
+`default_root_dir` (a run folder copied elsewhere writes to its copy, and says so), or where it is the
+`save_dir` passed; it must hold this run's id and, at step 0, the restored base patterns.
 """
 
 import struct
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
@@ -46,7 +49,7 @@ from lightning_sft.data import collate_batches, load_examples
 from lightning_sft.models import model_of, pad_token_id, tokenizer_for
 from lightning_sft.patterns import score_heads
 from lightning_sft.plots import CorrelationHeatmap, PatternHeatmap, drift_figure, figure_pixels, pattern_limits
-from lightning_sft.storage import INDEX_NAME, check_probe_name, load_index, save_pattern
+from lightning_sft.storage import INDEX_NAME, check_probe_name, load_index, load_pattern_file, pattern_path, save_pattern
 
 ProbeSource = str | dict[str, Any] | list[dict[str, list[int]]]
 PER_PROBE_GROUPS = ("head_activation", "head_drift", "head_probe")  # tags <group>/<probe>/<statistic>
@@ -136,7 +139,8 @@ class HeadActivationCallback(Callback):
         self.run_id: str | None = None  # names the run in the patterns index; restored on resume
         self._batches: dict[str, list[dict[str, torch.Tensor]]] = {}
         self._resolved_save_dir: Path | None = None
-        self._restored_save_dir: Path | None = None
+        self._restored: dict[str, str] | None = None  # the checkpoint's patterns directory and root directory
+        self._root_dir: Path | None = None
         # what `_log` kept for `_log_figures` (rank 0): probe -> step -> [num_layers, num_heads]
         self._logged_patterns: dict[str, dict[int, np.ndarray]] = {}
         self._logged_changes: dict[str, dict[int, np.ndarray]] = {}
@@ -162,6 +166,7 @@ class HeadActivationCallback(Callback):
             return
         event_crc.use_for_event_files()  # checksums of every event record from C (the end's images most)
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # trainer.log_dir: collective, all ranks
+        self._root_dir = Path(trainer.default_root_dir).resolve()
         self._resolved_save_dir = (Path(self.save_dir) if self.save_dir else log_dir / "head_patterns").absolute()
         for other in trainer.callbacks:
             if other is self or not isinstance(other, HeadActivationCallback):
@@ -226,12 +231,33 @@ class HeadActivationCallback(Callback):
             siblings = [other.run_id for other in trainer.callbacks
                         if isinstance(other, HeadActivationCallback) and other.run_id is not None]
             self.run_id = siblings[0] if siblings else trainer.strategy.broadcast(uuid.uuid4().hex, src=0)
-        elif self.save_dir is None and self._restored_save_dir is not None:
-            self._resolved_save_dir = self._restored_save_dir
+        elif self.save_dir is None and self._restored is not None:
+            self._resolved_save_dir = self._restored_store(trainer)
         problem = self._store_problem() if trainer.is_global_zero else None
         problem = trainer.strategy.broadcast(problem, src=0)
         if problem is not None:
             raise ValueError(problem)
+
+    def _restored_store(self, trainer: "L.Trainer") -> Path:
+        """The patterns directory of a resumed run without `save_dir`: the checkpoint's, where it lies inside
+        this run's `default_root_dir`; else the same place inside this root when the run folder was copied or
+        moved there; refused otherwise (a checkpoint does not choose where a run writes)."""
+        root = Path(trainer.default_root_dir).resolve()
+        restored, old_root = Path(self._restored["save_dir"]), self._restored.get("root_dir")
+        if root in restored.resolve().parents:
+            return restored
+        if old_root is not None and Path(old_root) in restored.parents and ".." not in restored.parts:
+            moved = root / restored.relative_to(old_root)
+            if (moved / INDEX_NAME).is_file():
+                rank_zero_info(f"HeadActivationCallback: the checkpoint's patterns directory {restored} lies outside "
+                               f"this run's default_root_dir {root}; this resumed run writes its patterns to {moved}.")
+                return moved
+        raise ValueError(
+            f"HeadActivationCallback: the checkpoint {trainer.ckpt_path} names the patterns directory {restored}, "
+            f"which lies outside this run's default_root_dir {root} (and {root} holds no copy of it); a checkpoint "
+            f"does not choose where a run writes. Pass save_dir= the directory holding this run's patterns (run id "
+            f"{self.run_id}), or default_root_dir= the folder of the run the checkpoint belongs to."
+        )
 
     def _store_problem(self) -> str | None:
         """Why the patterns directory cannot take this run's patterns, or None when it can."""
@@ -247,12 +273,29 @@ class HeadActivationCallback(Callback):
             recorded = load_index(directory).get("run_id")
         except ValueError as error:
             return f"HeadActivationCallback: {error}"
-        if recorded == self.run_id:
-            return None
-        return (
-            f"HeadActivationCallback: {directory} already holds the patterns of another run (run id {recorded}); "
-            f"this run (run id {self.run_id}) would mix with them. Pass a new save_dir, or remove that directory."
-        )
+        if recorded != self.run_id:
+            return (
+                f"HeadActivationCallback: {directory} already holds the patterns of another run (run id {recorded}); "
+                f"this run (run id {self.run_id}) would mix with them. Pass a new save_dir, or remove that directory."
+            )
+        return self._base_problem(directory) if self.done_steps else None
+
+    def _base_problem(self, directory: Path) -> str | None:
+        """Why the restored base patterns are not the step-0 patterns saved in `directory`, or None."""
+        for name in self.probes:
+            path = pattern_path(directory, name, 0)
+            try:
+                saved = load_pattern_file(path)["pattern"] if path.is_file() else None
+            except ValueError as error:
+                return f"HeadActivationCallback: {error}"
+            restored = self.base_patterns.get(name)
+            if saved is None or restored is None or not torch.equal(saved, restored):
+                return (
+                    f"HeadActivationCallback: the checkpoint's base pattern of probe {name!r} is not the step-0 "
+                    f"pattern {path} of this run; drift is measured from step 0 only. Resume from a checkpoint of "
+                    "this run, or start the run from step 0."
+                )
+        return None
 
     @override
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", *args: Any) -> None:
@@ -420,9 +463,10 @@ class HeadActivationCallback(Callback):
     # checks at Trainer construction that callbacks overriding `state_dict` have distinct state keys, with a
     # generic message; two callbacks with the same key get setup's message, which says what to change.
     def checkpoint_state(self) -> dict[str, Any]:
-        """What a checkpoint keeps: base patterns, probed steps, run id and patterns directory."""
+        """What a checkpoint keeps: base patterns, probed steps, run id, patterns directory and the trainer's
+        `default_root_dir` (to find the directory in a copy of the run folder)."""
         return {"base_patterns": dict(self.base_patterns), "done_steps": list(self.done_steps),
-                "run_id": self.run_id, "save_dir": str(self._resolved_save_dir)}
+                "run_id": self.run_id, "save_dir": str(self._resolved_save_dir), "root_dir": str(self._root_dir)}
 
     @override
     def on_save_checkpoint(self, trainer: "L.Trainer", pl_module: "L.LightningModule", checkpoint: dict) -> None:
@@ -433,7 +477,7 @@ class HeadActivationCallback(Callback):
         self.base_patterns = dict(state_dict["base_patterns"])
         self.done_steps = list(state_dict["done_steps"])
         self.run_id = state_dict["run_id"]
-        self._restored_save_dir = Path(state_dict["save_dir"])
+        self._restored = {key: state_dict[key] for key in ("save_dir", "root_dir") if key in state_dict}
 
 
 def _checked_example(index: int, row: Any) -> dict[str, list[int]]:

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -324,6 +325,56 @@ def test_resume_from_a_checkpoint_without_the_callback_is_refused(tmp_path, prob
     with pytest.raises(ValueError, match=r"resuming at step 2 from a checkpoint that holds no state of this callback"):
         make_trainer(tmp_path, [callback], max_steps=4).fit(
             HandWrittenModule(), train_loader(tokenizer), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=2.ckpt"))
+
+
+def _fit_with_checkpoints(directory: Path, probes, tokenizer, max_steps: int, ckpt_path: Path | None = None):
+    """A fit logging under `directory` (its default_root_dir), checkpoints every 2 steps in `directory`/ckpt."""
+    L.seed_everything(5)
+    callback = HeadActivationCallback({"doubling": probes["doubling"]}, every_n_steps=1, log_images=False)
+    checkpoint = ModelCheckpoint(dirpath=directory / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    trainer = make_trainer(directory, [callback, checkpoint], max_steps=max_steps)
+    trainer.fit(HandWrittenModule(), train_loader(tokenizer, count=8), ckpt_path=ckpt_path)
+    return callback
+
+
+def _forged(checkpoint: Path, change) -> Path:
+    """A copy of `checkpoint` whose HeadActivationCallback state `change(state)` edited."""
+    content = torch.load(checkpoint, weights_only=True)
+    (state,) = [value for key, value in content["callbacks"].items() if key.startswith("HeadActivationCallback")]
+    change(state)
+    forged = checkpoint.with_name("forged.ckpt")
+    torch.save(content, forged)
+    return forged
+
+
+def test_a_copied_run_folder_resumes_into_its_copy(tmp_path, probes, tokenizer):
+    """`cp -r a b`, then resume b's checkpoint under b: b's patterns go on, a's stay as they were."""
+    _fit_with_checkpoints(tmp_path / "a", probes, tokenizer, 2)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    original = {path: path.read_bytes() for path in (tmp_path / "a").rglob("*") if path.is_file()}
+    _fit_with_checkpoints(tmp_path / "b", probes, tokenizer, 4, tmp_path / "b" / "ckpt" / "epoch=0-step=2.ckpt")
+    assert {path: path.read_bytes() for path in (tmp_path / "a").rglob("*") if path.is_file()} == original
+    assert sorted(load_patterns(tmp_path / "b" / "logs" / "version_0" / "head_patterns")["doubling"]) == [0, 1, 2, 3, 4]
+
+
+def test_a_checkpoint_does_not_choose_where_the_run_writes_or_its_base(tmp_path, probes, tokenizer):
+    run = tmp_path / "run"
+    first = _fit_with_checkpoints(run, probes, tokenizer, 2)
+    checkpoint = run / "ckpt" / "epoch=0-step=2.ckpt"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("mine")
+    forged = _forged(checkpoint, lambda state: state.update(save_dir=str(victim)))
+    with pytest.raises(ValueError, match=f"names the patterns directory {victim}, which lies outside this run's "
+                                         f"default_root_dir {run}"):
+        _fit_with_checkpoints(run, probes, tokenizer, 4, forged)
+    assert [path.name for path in victim.iterdir()] == ["notes.txt"]
+
+    step_2 = load_patterns(first._resolved_save_dir)["doubling"][2]
+    forged = _forged(checkpoint, lambda state: state["base_patterns"].update(doubling=step_2))
+    with pytest.raises(ValueError, match="base pattern of probe 'doubling' is not the step-0 pattern"):
+        _fit_with_checkpoints(run, probes, tokenizer, 4, forged)
+    assert sorted(load_patterns(first._resolved_save_dir)["doubling"]) == [0, 1, 2]
 
 
 def test_base_is_probed_when_the_schedule_lacks_step_0(tmp_path, probes, tokenizer):
