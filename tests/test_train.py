@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -93,6 +94,82 @@ def test_sigterm_exits_143_after_the_checkpoint(tmp_path):
     config = write_tiny_config(tmp_path, [checkpoint, terminate])
     run_train("fit", "--config", str(config), returncode=128 + signal.SIGTERM)
     assert [path.name for path in (tmp_path / "checkpoints").iterdir()] == ["epoch=0-step=3.ckpt"]
+
+
+def checkpoint_callbacks(config: Path) -> list[dict]:
+    return [callback for callback in yaml.safe_load(config.read_text())["trainer"].get("callbacks", [])
+            if callback["class_path"].endswith("ModelCheckpoint")]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_shipped_config_checkpoints_periodically_and_when_stopped(config):
+    """A preempted job (SIGTERM) or a crash keeps a checkpoint; a killed one (SIGKILL) the latest periodic one."""
+    settings = yaml.safe_load(config.read_text())["trainer"]
+    assert settings.get("enable_checkpointing", True)
+    (checkpoint,) = checkpoint_callbacks(config)
+    assert checkpoint["init_args"]["save_on_exception"] is True and checkpoint["init_args"]["save_last"] == "link"
+    assert 0 < checkpoint["init_args"]["every_n_train_steps"] <= settings.get("max_steps", 10**9)
+
+
+def test_the_shipped_checkpointing_leaves_a_checkpoint_on_sigterm_that_resumes(tmp_path):
+    terminate = {"class_path": "tests.interrupt.TerminateAtStep", "init_args": {"step": 3}}
+    config = write_tiny_config(tmp_path, [*checkpoint_callbacks(ROOT / "configs" / "demo.yaml"), terminate])
+    run_train("fit", "--config", str(config), returncode=128 + signal.SIGTERM)
+    checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["epoch=0-step=3.ckpt", "last.ckpt"]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 3
+    cli = main(["fit", "--config", str(config), "--trainer.callbacks", "[]", "--trainer.max_steps", "4",
+                "--ckpt_path", str(checkpoints / "last.ckpt")])
+    assert cli.trainer.global_step == 4
+
+
+def tiny_run_with_patterns(tmp_path: Path) -> Path:
+    """A tiny config whose runs all log into one folder (a fixed logger version), with head patterns."""
+    probe = {"class_path": "callbacks.HeadActivationCallback",
+             "init_args": {"probes": {"p": [{"input_ids": [1, 40, 41], "labels": [-100, 40, 41]}]},
+                           "log_images": False}}
+    config = write_tiny_config(tmp_path, [probe])
+    settings = yaml.safe_load(config.read_text())
+    settings["trainer"]["max_steps"] = 2
+    settings["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                                     "init_args": {"save_dir": str(tmp_path), "version": "fixed"}}
+    config.write_text(yaml.safe_dump(settings))
+    return config
+
+
+def test_a_run_refused_for_its_folder_keeps_that_folders_config(tmp_path):
+    config = tiny_run_with_patterns(tmp_path)
+    main(["fit", "--config", str(config)])
+    recorded = tmp_path / "lightning_logs" / "fixed" / "config.yaml"
+    first = recorded.read_text()
+    with pytest.raises(ValueError, match="already holds the patterns of another run"):
+        main(["fit", "--config", str(config), "--model.learning_rate", "0.5"])
+    assert recorded.read_text() == first
+
+
+def test_a_checkpoints_settings_are_compared_never_applied(tmp_path):
+    """LightningCLI would apply a checkpoint's hyper_parameters over the user's model settings: here a
+    checkpoint naming another export_dir (a folder of the user's, which the export would replace) and
+    learning rate is refused, naming both; the genuine checkpoint resumes."""
+    checkpoint = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                  "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}
+    config = write_tiny_config(tmp_path, [checkpoint])
+    main(["fit", "--config", str(config), "--trainer.max_steps", "2"])
+    victim = tmp_path / "users_folder"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("mine")
+    content = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    content["hyper_parameters"].update(export_dir=str(victim), learning_rate=0.5)
+    torch.save(content, tmp_path / "forged.ckpt")
+    with pytest.raises(ValueError) as error:
+        main(["fit", "--config", str(config), "--trainer.max_steps", "3", "--ckpt_path", str(tmp_path / "forged.ckpt")])
+    message = str(error.value)
+    assert f"export_dir: \"{victim}\" in the checkpoint, null here" in message, message
+    assert "learning_rate: 0.5 in the checkpoint, 1e-05 here" in message, message
+    assert [path.name for path in victim.iterdir()] == ["notes.txt"]
+    cli = main(["fit", "--config", str(config), "--trainer.max_steps", "3",
+                "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
+    assert cli.trainer.global_step == 3
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *names: str) -> None:
