@@ -30,6 +30,7 @@ from lightning_sft.patterns import activation_pattern, score_heads
 from lightning_sft.plots import PatternHeatmap
 from lightning_sft.storage import load_index, load_pattern_file, load_patterns, pattern_path
 from lightning_sft.tokenizer import byte_tokenizer
+from lightning_sft.user_errors import user_error_message
 from tests.conftest import tiny_llama_config
 from tests.test_plots import cell_centres
 
@@ -437,8 +438,9 @@ def test_diverged_model_stops_with_probe_step_and_loss(tmp_path, probes, tokeniz
     callback = HeadActivationCallback({"doubling": probes["doubling"]}, every_n_steps=1, log_images=False)
     trainer = make_trainer(tmp_path, [PoisonWeights(), callback], max_steps=3)
     with pytest.raises(FloatingPointError, match=r"probe 'doubling' at step 1: the model has diverged "
-                                                 r"\(probe loss nan, 8 of 8 head scores not finite\)"):
+                                                 r"\(probe loss nan, 8 of 8 head scores not finite\)") as error:
         trainer.fit(HandWrittenModule(), train_loader(tokenizer))
+    assert user_error_message(error.value) == str(error.value)  # train.py prints it as one line, no traceback
 
 
 def test_two_identical_callbacks_say_what_to_change(tmp_path, probes, tokenizer):
