@@ -542,6 +542,12 @@ def test_unsafe_probe_names_are_refused(name):
         HeadActivationCallback({name: "x.jsonl"})
 
 
+def test_a_probe_name_too_long_for_a_file_name_is_refused_when_the_callback_is_built():
+    """Before the model loads (the CLI builds callbacks first): the run folder `probe_<name>` must fit in 255 bytes."""
+    with pytest.raises(ValueError, match="is 250 characters long; at most 249"):
+        HeadActivationCallback({"p" * 250: "x.jsonl"})
+
+
 def test_duplicate_probe_names_are_refused():
     with pytest.raises(ValueError, match="collide"):
         HeadActivationCallback({"GSM8K": "a.jsonl", "gsm8k": "b.jsonl"})
