@@ -3,15 +3,22 @@
 Every YAML key is a constructor argument of SFTModule (`model:`), SFTDataModule (`data:`),
 lightning's Trainer (`trainer:`) or a callback; `python train.py fit --print_config` shows them all.
 
-Exit codes: 0 done; 1 with one line `train.py: error: ...` for a bad input or value (no traceback; a bug
-keeps its traceback); 2 for a command-line or YAML mistake (jsonargparse's message); 143 (128 + SIGTERM)
-when the run was terminated, after Lightning's on-exception checkpoint (`ModelCheckpoint(save_on_exception=
+Exit codes: 0 done; 1 with one line `train.py: error: ...` for a bad input or value, or a dependency outside
+its declared range (no traceback; a bug keeps its traceback); 2 for a command-line or YAML mistake
+(jsonargparse's message); 143 (128 + SIGTERM) when the run was terminated, after Lightning's on-exception checkpoint (`ModelCheckpoint(save_on_exception=
 True)`), so that a scheduler sees the run did not finish.
 """
 
 import signal
 import sys
 from typing import Any
+
+try:
+    import lightning_sft  # noqa: F401  first: checks the installed versions against the declared ranges
+except ImportError as error:
+    if type(error).__name__ != "UnsupportedVersion":
+        raise
+    sys.exit(f"train.py: error: {error}")
 
 from lightning import Trainer
 from lightning.pytorch.cli import LightningCLI

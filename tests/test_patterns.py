@@ -105,6 +105,8 @@ WITHOUT_KERNEL = ("gemma2_softcap_sliding", "gpt_oss_sinks_moe")
 # Where the exactness tests also run on a GPU (benchmarks/gpu_check.sh): plain grouped-query attention,
 # soft-capping with sliding windows, attention sinks.
 DEVICE_FAMILIES = ("llama_gqa", "gemma2_softcap_sliding", "gpt_oss_sinks_moe")
+# Also checked against the lowest declared versions (make test-lowest): the device families and absolute positions.
+LOWEST_FAMILIES = DEVICE_FAMILIES + ("gpt2",)
 # float32 on CUDA sums in other orders (cuBLAS) than the CPU reference; a wrong formula is off by O(1).
 CUDA_TOLERANCE = 1e-4
 
@@ -147,7 +149,8 @@ def allow_documented_logits_to_keep_only(monkeypatch, model_class: type) -> None
     monkeypatch.setattr(model_class, "forward", checked)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [pytest.param(family, marks=[pytest.mark.lowest] * (family in LOWEST_FAMILIES))
+                                    for family in FAMILIES])
 def test_matches_naive_per_family(monkeypatch, family, device):
     """Also: on CPU every layer's backward of each batch goes through the C++ kernel exactly once (the
     first layer's without input gradients), except in the families it cannot compute; and scoring passes

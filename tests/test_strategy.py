@@ -99,7 +99,7 @@ def assert_equal_to_one_process(saved: torch.Tensor, model: torch.nn.Module, pro
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [pytest.param(2, marks=pytest.mark.lowest), 3])
 def test_zero_fit_resume_export_and_probes(tmp_path, stage):
     """6 steps uninterrupted == interrupted after 3 and resumed from the step-3 checkpoint."""
     inputs = write_inputs(tmp_path)
