@@ -1,6 +1,6 @@
 """HeadActivationCallback: head-activation patterns at chosen optimizer steps, logged and saved.
 
-At each scheduled step the callback scores every probe set with `lightning_sft.patterns.score_heads`
+At each scheduled step the callback scores every probe set with `lightning_sft.scorer.patterns.score_heads`
 (mean over examples of sum_ij |A_ij * dL/dA_ij| per head, a [num_layers, num_heads] pattern) and logs,
 with a TensorBoardLogger, each probe as its own run `<log_dir>/probe_<probe>/` (one colour per probe):
 
@@ -44,7 +44,7 @@ from callbacks.schedule import Schedule
 from lightning_sft import event_crc, stats
 from lightning_sft.data import collate_batches, load_examples
 from lightning_sft.models import model_of, pad_token_id, tokenizer_for
-from lightning_sft.patterns import score_heads
+from lightning_sft.scorer.patterns import score_heads
 from lightning_sft.plots import CorrelationHeatmap, PatternHeatmap, drift_figure, figure_pixels, pattern_limits
 from lightning_sft.storage import INDEX_NAME, check_probe_name, load_index, save_pattern
 

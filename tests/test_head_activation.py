@@ -25,7 +25,7 @@ from lightning_sft.analysis.runs import load_runs
 from lightning_sft.data import SFTDataModule, collate, collate_batches, load_examples
 from lightning_sft.module import SFTModule
 from lightning_sft.models import model_of
-from lightning_sft.patterns import activation_pattern, score_heads
+from lightning_sft.scorer.patterns import activation_pattern, score_heads
 from lightning_sft.plots import PatternHeatmap
 from lightning_sft.storage import load_index, load_pattern_file, load_patterns, pattern_path
 from lightning_sft.tokenizer import byte_tokenizer

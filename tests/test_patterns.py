@@ -1,4 +1,4 @@
-"""lightning_sft.patterns: head scores against the naive computation, batching, leaving the model as found,
+"""lightning_sft.scorer.patterns: head scores against the naive computation, batching, leaving the model as found,
 refused inputs and families, torch.distributed and DeepSpeed ZeRO-2/3."""
 
 import copy
@@ -12,10 +12,10 @@ import torch.multiprocessing as mp
 import transformers
 from safetensors.torch import load_file, save_file
 
-from lightning_sft import head_scored_attention, patterns
+from lightning_sft.scorer import head_scored_attention, patterns
 from lightning_sft.data import collate
-from lightning_sft.head_scored_attention import HeadScoredAttention
-from lightning_sft.patterns import activation_pattern, score_heads
+from lightning_sft.scorer.head_scored_attention import HeadScoredAttention
+from lightning_sft.scorer.patterns import activation_pattern, score_heads
 from tests.conftest import tiny_llama_config
 from tests.test_cpu_kernel import count_kernel_calls
 
@@ -373,7 +373,7 @@ def test_multimodal_model_scores_its_text_decoder_only():
 
 def test_attention_function_refuses_use_outside_scoring(tiny_llama):
     tiny_llama.set_attn_implementation(patterns.ATTENTION_NAME)
-    with pytest.raises(RuntimeError, match="only works inside lightning_sft.patterns.score_heads"):
+    with pytest.raises(RuntimeError, match="only works inside lightning_sft.scorer.patterns.score_heads"):
         tiny_llama(input_ids=torch.tensor([[5, 6, 7]]))
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from lightning_sft.data import collate, load_examples
-from lightning_sft.patterns import activation_pattern
+from lightning_sft.scorer.patterns import activation_pattern
 from lightning_sft.storage import load_patterns
 from lightning_sft.strategy import DeepSpeedStrategy
 from lightning_sft.tokenizer import byte_tokenizer

@@ -24,7 +24,7 @@ broadcastable to [B, Hq, Tq, Tk], bool (True attends) or additive float.
 import torch
 from torch import Tensor
 
-from lightning_sft.cpu_kernel import scored_attention_backward
+from lightning_sft.scorer.cpu_kernel import scored_attention_backward
 
 # Queries per block. A block's float32 buffers are [B * Hq, BLOCK_ROWS, Tk]: 16 MiB each at B * Hq = 16 and
 # Tk = 2048 (backward holds two, three with gradients), i.e. linear in T like the activations. Measured best

@@ -32,7 +32,7 @@ from torch import Tensor
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from lightning_sft.head_scored_attention import HeadScoredAttention
+from lightning_sft.scorer.head_scored_attention import HeadScoredAttention
 from lightning_sft.models import left_as_found
 from lightning_sft.labels import IGNORE_INDEX
 
@@ -93,7 +93,7 @@ def _scored_attention(
     probe = _active_probe
     if probe is None:
         raise RuntimeError(
-            f"attn_implementation={ATTENTION_NAME!r} only works inside lightning_sft.patterns.score_heads;"
+            f"attn_implementation={ATTENTION_NAME!r} only works inside lightning_sft.scorer.patterns.score_heads;"
             " set the model back to 'sdpa' or 'eager'"
         )
     layer = getattr(module, "layer_idx", None)
@@ -122,7 +122,7 @@ def _scored_attention(
     probe.layer_scores[layer] = scores
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if _uses_triton(query, value, softcap, s_aux):
-        from lightning_sft.triton_scores import scored_sdpa_attention
+        from lightning_sft.scorer.triton_scores import scored_sdpa_attention
 
         return scored_sdpa_attention(module, query, key, value, attention_mask, scores, scale, causal,
                                      input_grads), None
