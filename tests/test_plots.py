@@ -144,4 +144,5 @@ def test_each_probe_has_its_colour_in_both_panels_whatever_the_order_of_the_prob
     for drift in (demo_drift(), reordered):
         figure = drift_figure(drift)
         for axes in figure.axes[:2]:
-            assert {line.get_label(): matplotlib.colors.to_hex(line.get_color()) for line in axes.get_lines()} == colours
+            drawn = {line.get_label(): matplotlib.colors.to_hex(line.get_color()) for line in axes.get_lines()}
+            assert drawn == colours
