@@ -3,7 +3,8 @@
 
 At each scheduled step every task is evaluated with `lightning_sft.evaluation.evaluate` (multiple choice by
 log-likelihood: `acc`, `acc_norm`; generation by exact match) and the metrics go to every logger. With
-TensorBoard, a custom-scalars chart puts every task's accuracy beside every probe's drift.
+TensorBoard, a custom-scalars chart puts every task's accuracy beside every probe's drift (with a
+HeadActivationCallback; `loggers.scalars_layout`).
 """
 
 from collections.abc import Mapping

@@ -68,6 +68,7 @@ def test_wandb_and_mlflow_get_every_tensorboard_scalar_and_image(tmp_path, probe
     for variable in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(variable, str(tmp_path / "wandb_home"))
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")  # nothing reaches a network
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses a file store otherwise
     (tmp_path / "task.jsonl").write_text("".join(json.dumps({"prompt": f"rev {i}+{i}=", "response": str(2 * i)[::-1]})
                                                  + "\n" for i in range(3)))
