@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from callbacks import HeadActivationCallback, TaskAccuracyCallback
 from tests.test_head_activation import HandWrittenModule, custom_scalars_layout, make_trainer, probes, train_loader
 
-wandb = pytest.importorskip("wandb", reason="the loggers extra: pip install -e '.[loggers]'")
-mlflow = pytest.importorskip("mlflow", reason="the loggers extra: pip install -e '.[loggers]'")
+pytest.importorskip("wandb", reason="the loggers extra: pip install -e '.[loggers]'")
+pytest.importorskip("mlflow", reason="the loggers extra: pip install -e '.[loggers]'")
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger  # noqa: E402
 from wandb.proto import wandb_internal_pb2  # noqa: E402
 
@@ -64,6 +64,7 @@ def wandb_records(run_folder: Path) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_wandb_and_mlflow_get_every_tensorboard_scalar_and_image(tmp_path, probes, monkeypatch):
     for variable in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(variable, str(tmp_path / "wandb_home"))
@@ -105,8 +106,7 @@ def test_wandb_and_mlflow_get_every_tensorboard_scalar_and_image(tmp_path, probe
             elif not key.startswith(("_", "trainer/")) and key.rpartition("/")[0] + "/filenames" not in row:
                 wandb_scalars.setdefault(key, {})[step] = value  # not W&B's own, nor an image's width, ...
 
-    client = mlflow.MlflowClient(mlflow_logger._tracking_uri)
-    run_id = mlflow_logger.run_id
+    client, run_id = mlflow_logger.experiment, mlflow_logger.run_id
     mlflow_scalars = {key: {metric.step: metric.value for metric in client.get_metric_history(run_id, key)}
                       for key in client.get_run(run_id).data.metrics}
     mlflow_images = {}
