@@ -175,7 +175,7 @@ def pattern_limits(patterns: Sequence[np.ndarray], *, diverging: bool = False) -
 
 
 class CorrelationHeatmap(RedrawnFigure):
-    """Annotated [P, P] correlation matrix in [-1, 1] with the probe names on both axes.
+    """Annotated [P, P] correlation matrix in [-1, 1] with the probe names on both axes, in their colours.
 
     `frame(matrix, title)` returns the RGB pixels of one frame; `correlation_heatmap` draws one figure.
     """
@@ -187,6 +187,9 @@ class CorrelationHeatmap(RedrawnFigure):
         self.image = axes.imshow(np.zeros((size, size)), cmap="RdBu_r", vmin=-1, vmax=1)
         axes.set_xticks(range(size), names, rotation=45, ha="right")
         axes.set_yticks(range(size), names)
+        colours = probe_colours(names)
+        for label in [*axes.get_xticklabels(), *axes.get_yticklabels()]:
+            label.set_color(colours[label.get_text()])  # as its line in the drift figure
         self.texts = [[axes.text(column, row, "-0.00", ha="center", va="center", fontsize=8)
                        for column in range(size)] for row in range(size)]
         self.title = axes.set_title(" ", fontsize=10)

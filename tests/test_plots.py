@@ -92,6 +92,13 @@ def test_drift_figure_is_symlog_where_steps_crowd_the_start(steps, symlog):
     assert len(pearson_axes.get_lines()) == len(mse_axes.get_lines()) == 2
 
 
+def test_correlation_heatmap_names_each_probe_in_its_colour():
+    names = ["reversal", "addition", "sorting"]
+    axes = correlation_heatmap(names, np.eye(3), "change correlation").axes[0]
+    for label in [*axes.get_xticklabels(), *axes.get_yticklabels()]:
+        assert matplotlib.colors.to_hex(label.get_color()) == probe_colours(names)[label.get_text()]
+
+
 def test_correlation_heatmap_keeps_long_probe_names_inside_the_figure():
     """The layout is made once, on a real canvas: rotated long names are neither cut at the bottom nor left."""
     heatmap = CorrelationHeatmap(["addition", "reversed_sum", "arc_challenge"])
