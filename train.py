@@ -3,10 +3,11 @@
 Every YAML key is a constructor argument of SFTModule (`model:`), SFTDataModule (`data:`),
 lightning's Trainer (`trainer:`) or a callback; `python train.py fit --print_config` shows them all.
 
-Exit codes: 0 done; 1 with one line `train.py: error: ...` for a bad input or value (no traceback; a bug
-keeps its traceback); 2 for a command-line or YAML mistake (jsonargparse's message); 143 (128 + SIGTERM)
-when the run was terminated, after Lightning's on-exception checkpoint (`ModelCheckpoint(save_on_exception=
-True)`), so that a scheduler sees the run did not finish.
+Exit codes: 0 done; 1 with one line `train.py: error: ...` for a bad input or value, or a dependency outside
+its declared range (no traceback; a bug keeps its traceback); 2 for a command-line or YAML mistake
+(jsonargparse's message); 143 (128 + SIGTERM) when the run was terminated, after Lightning's on-exception
+checkpoint (`ModelCheckpoint(save_on_exception=True)`, in every shipped config), so that a scheduler sees the
+run did not finish.
 """
 
 import json
@@ -14,6 +15,13 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+try:
+    import lightning_sft  # noqa: F401  first: checks the installed versions against the declared ranges
+except ImportError as error:
+    if type(error).__name__ != "UnsupportedVersion":
+        raise
+    sys.exit(f"train.py: error: {error}")
 
 import torch
 from lightning import LightningModule, Trainer
@@ -63,7 +71,8 @@ class SFTCLI(LightningCLI):
         ]
         if differences:
             raise ValueError(
-                f"--ckpt_path {ckpt_path} was saved with other model settings than this run's ({'; '.join(differences)})."
+                f"--ckpt_path {ckpt_path} was saved with other model settings than this run's "
+                f"({'; '.join(differences)})."
                 " A checkpoint's settings are not applied over yours: pass the checkpoint's settings to resume it, or "
                 "start a new run without --ckpt_path."
             )

@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_sft.cpu_kernel import scored_attention_backward
+from lightning_sft.scorer.cpu_kernel import scored_attention_backward
 
 ROOT = Path(__file__).parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"

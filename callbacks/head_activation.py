@@ -1,6 +1,6 @@
 """HeadActivationCallback: head-activation patterns at chosen optimizer steps, logged and saved.
 
-At each scheduled step the callback scores every probe set with `lightning_sft.patterns.score_heads`
+At each scheduled step the callback scores every probe set with `lightning_sft.scorer.patterns.score_heads`
 (mean over examples of sum_ij |A_ij * dL/dA_ij| per head, a [num_layers, num_heads] pattern) and logs,
 with a TensorBoardLogger, each probe as its own run `<log_dir>/probe_<probe>/` (one colour per probe):
 
@@ -12,10 +12,11 @@ with a TensorBoardLogger, each probe as its own run `<log_dir>/probe_<probe>/` (
     the last among them, colour limits fixed per probe): head_activation/{pattern,change}
 
 and in the logger's own run `head_similarity/<a>/<b>` (correlation of the two probes' pattern changes),
-the custom-scalars layout (one chart per statistic, a line per probe, `eval/.*` beside drift), and at
+the custom-scalars layout (`loggers.scalars_layout`: one chart per statistic, a line per probe), and at
 the end the images head_similarity/change_correlation and head_drift/figure (Pearson and MSE against
 step, a line per probe). Other loggers get `<group>/<probe>/<statistic>` tags through `log_metrics`;
-and saves every pattern with `lightning_sft.storage.save_pattern` (read back with `load_patterns`).
+WandbLogger and MLFlowLogger also get the images, a probe's as `head_activation/<probe>/{pattern,change}`.
+Every pattern is saved with `lightning_sft.storage.save_pattern` (read back with `load_patterns`).
 
 One run keeps one patterns directory: a run resumed with `ckpt_path` restores the directory, its run id and
 the base patterns from the checkpoint and goes on writing there (not into the new `<log_dir>`), so the
@@ -29,7 +30,7 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,15 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
+from callbacks.loggers import IMAGE_LOGGERS, log_image, scalars_layout
 from callbacks.schedule import Schedule
 from lightning_sft import event_crc, stats
 from lightning_sft.data import collate_batches, load_examples
 from lightning_sft.models import model_of, pad_token_id, tokenizer_for
-from lightning_sft.patterns import score_heads
+from lightning_sft.scorer.patterns import score_heads
 from lightning_sft.plots import CorrelationHeatmap, PatternHeatmap, drift_figure, figure_pixels, pattern_limits
-from lightning_sft.storage import INDEX_NAME, check_probe_name, load_index, load_pattern_file, pattern_path, save_pattern
+from lightning_sft.storage import (INDEX_NAME, check_probe_name, load_index, load_pattern_file, pattern_path,
+                                   save_pattern)
 
 ProbeSource = str | dict[str, Any] | list[dict[str, list[int]]]
 PER_PROBE_GROUPS = ("head_activation", "head_drift", "head_probe")  # tags <group>/<probe>/<statistic>
@@ -398,7 +401,7 @@ class HeadActivationCallback(Callback):
             shared = {tag: value for tag, value in metrics.items() if _probe_of(tag, patterns) is None}
             logger.log_metrics(shared, step=step)
             if logger.log_dir not in self._layouts_written:  # the first log of this run, resumed ones too
-                logger.experiment.add_custom_scalars(drift_layout())
+                logger.experiment.add_custom_scalars(scalars_layout(trainer.callbacks))
                 self._layouts_written.add(logger.log_dir)
             for name, pattern in patterns.items():
                 writer = self._probe_writer(logger, name)
@@ -420,44 +423,51 @@ class HeadActivationCallback(Callback):
     def _log_figures(self, trainer: "L.Trainer") -> None:
         """Heatmaps at up to `MAX_IMAGE_STEPS` of the logged steps, and the drift figure, then closes writers.
 
-        Drawn once all steps are known, so each probe's colour limits span all its drawn steps (colours
-        compare across steps) and step 0 and the last step are always among the drawn ones. Each probe's
-        heatmap is rendered once per kind; its frames only colour the cells (`plots.PatternHeatmap`).
+        TensorBoard gets each probe's heatmaps in its own run, W&B and MLflow as `head_activation/<probe>/<kind>`
+        (`loggers.log_image`). Drawn once all steps are known, so each probe's colour limits span all its
+        drawn steps (colours compare across steps) and step 0 and the last step are always among the drawn ones.
         """
-        for logger in trainer.loggers:
-            if not isinstance(logger, TensorBoardLogger) or not self._logged_patterns:
-                continue
-            if self.log_images:
-                shape = tuple(next(iter(self.base_patterns.values())).shape)  # every probe's [layers, heads]
-                heatmaps = {kind: PatternHeatmap(shape, diverging=kind == "change") for kind in ("pattern", "change")}
-                for name, by_step in self._logged_patterns.items():
-                    writer = self._probe_writer(logger, name)
-                    steps = image_steps(sorted(by_step))
-                    changed = [s for s in steps if np.ptp(self._logged_changes[name][s]) > 0]
-                    for kind, values, drawn, title in (
-                        ("pattern", by_step, steps, f"{name}: head activation"),
-                        ("change", self._logged_changes[name], changed, f"{name}: change since step 0"),
-                    ):
-                        if not drawn:
-                            continue
-                        heatmaps[kind].draw(pattern_limits([values[s] for s in drawn], diverging=kind == "change"),
-                                            title)
-                        for step in drawn:
-                            add_png(writer, f"head_activation/{kind}", heatmaps[kind].frame(values[step]), step)
-                    writer.flush()
-                if self._correlations:
-                    steps = image_steps(sorted(self._correlations))
-                    heatmap = CorrelationHeatmap(self._correlations[steps[0]][0])
-                    for step in steps:
-                        add_png(logger.experiment, "head_similarity/change_correlation", heatmap.frame(
-                            self._correlations[step][1], f"correlation of pattern changes, step {step}"), step)
-                last_step = max(max(by_step) for by_step in self._drift.values())
-                add_png(logger.experiment, "head_drift/figure", figure_pixels(drift_figure(self._drift)), last_step)
-            logger.experiment.flush()
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, IMAGE_LOGGERS)]
+        if self.log_images and loggers and self._logged_patterns:
+            for probe, tag, step, pixels in self._images():
+                for logger in loggers:
+                    if isinstance(logger, TensorBoardLogger):
+                        add_png(self._probe_writer(logger, probe) if probe else logger.experiment, tag, pixels, step)
+                    else:
+                        log_image(logger, tag.replace("/", f"/{probe}/", 1) if probe else tag, pixels, step)
+        for logger in loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.flush()
         for writer in self._writers.values():
             writer.close()
         for kept in (self._writers, self._logged_patterns, self._logged_changes, self._drift, self._correlations):
             kept.clear()  # a later fit with this callback draws its own steps only
+
+    def _images(self) -> Iterator[tuple[str | None, str, int, np.ndarray]]:
+        """(probe or None, tag, step, RGB pixels) of every image: each probe's heatmaps (rendered once per
+        kind; frames only colour the cells, `plots.PatternHeatmap`), the change correlations, the drift figure."""
+        shape = tuple(next(iter(self.base_patterns.values())).shape)  # every probe's [layers, heads]
+        heatmaps = {kind: PatternHeatmap(shape, diverging=kind == "change") for kind in ("pattern", "change")}
+        for name, by_step in self._logged_patterns.items():
+            steps = image_steps(sorted(by_step))
+            changed = [s for s in steps if np.ptp(self._logged_changes[name][s]) > 0]
+            for kind, values, drawn, title in (
+                ("pattern", by_step, steps, f"{name}: head activation"),
+                ("change", self._logged_changes[name], changed, f"{name}: change since step 0"),
+            ):
+                if not drawn:
+                    continue
+                heatmaps[kind].draw(pattern_limits([values[s] for s in drawn], diverging=kind == "change"), title)
+                for step in drawn:
+                    yield name, f"head_activation/{kind}", step, heatmaps[kind].frame(values[step])
+        if self._correlations:
+            steps = image_steps(sorted(self._correlations))
+            heatmap = CorrelationHeatmap(self._correlations[steps[0]][0])
+            for step in steps:
+                yield None, "head_similarity/change_correlation", step, heatmap.frame(
+                    self._correlations[step][1], f"correlation of pattern changes, step {step}")
+        last_step = max(max(by_step) for by_step in self._drift.values())
+        yield None, "head_drift/figure", last_step, figure_pixels(drift_figure(self._drift))
 
     # The state goes into the checkpoint from on_save_checkpoint, not by overriding `state_dict`: Lightning
     # checks at Trainer construction that callbacks overriding `state_dict` have distinct state keys, with a
@@ -547,22 +557,3 @@ def image_steps(steps: list[int]) -> list[int]:
     if len(steps) <= MAX_IMAGE_STEPS:
         return list(steps)
     return [steps[i] for i in np.linspace(0, len(steps) - 1, MAX_IMAGE_STEPS).round().astype(int)]
-
-
-def drift_layout() -> dict[str, Any]:
-    """TensorBoard custom-scalars layout: one chart per statistic, one line per probe run (and eval task).
-
-    `eval/.*` sits beside drift so that a task's accuracy reads against its pattern's drift.
-    """
-    return {
-        "head_drift": {
-            "pearson vs base": ["Multiline", [r"^head_drift/pearson$"]],
-            "mse vs base": ["Multiline", [r"^head_drift/mse$"]],
-            "eval accuracy": ["Multiline", [r"^eval/.*"]],
-        },
-        "head_activation": {
-            statistic: ["Multiline", [rf"^head_activation/{statistic}$"]]
-            for statistic in ("gini", "cv", "kurtosis", "mean")
-        },
-        "head_probe": {"probe loss": ["Multiline", [r"^head_probe/loss$"]]},
-    }

@@ -3,7 +3,8 @@
 
 At each scheduled step every task is evaluated with `lightning_sft.evaluation.evaluate` (multiple choice by
 log-likelihood: `acc`, `acc_norm`; generation by exact match) and the metrics go to every logger. With
-TensorBoard, a custom-scalars chart puts every task's accuracy beside every probe's drift.
+TensorBoard, a custom-scalars chart puts every task's accuracy beside every probe's drift (with a
+HeadActivationCallback; `loggers.scalars_layout`).
 """
 
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
-from callbacks.head_activation import drift_layout
+from callbacks.loggers import scalars_layout
 from callbacks.schedule import Schedule
 from lightning_sft.evaluation import TaskData, evaluate, get_task, load_task
 from lightning_sft.models import model_of, tokenizer_for
@@ -138,9 +139,8 @@ class TaskAccuracyCallback(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, TensorBoardLogger):
-                # TensorBoard shows one layout per run (the last written): both callbacks write this same one,
-                # whose "eval accuracy" chart sits beside the drift charts
-                logger.experiment.add_custom_scalars(drift_layout())
+                # TensorBoard shows one layout per run (the last written): both callbacks write this same one
+                logger.experiment.add_custom_scalars(scalars_layout(trainer.callbacks))
             logger.save()
 
     @override

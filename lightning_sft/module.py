@@ -266,7 +266,7 @@ def export_hf(module: SFTModule, directory: Path) -> None:
                               if key.startswith("model.")}
             module.model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
             module.tokenizer.save_pretrained(staging)
-            (staging / EXPORT_MARKER).write_text("A Hugging Face export by lightning-sft: a later export replaces it.\n")
+            (staging / EXPORT_MARKER).write_text("A Hugging Face export of lightning-sft: a later one replaces it.\n")
             _swap_in(staging, directory)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

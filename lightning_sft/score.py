@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_sft.data import collate_batches, load_examples
 from lightning_sft.models import DTYPES, load_model, load_tokenizer, pad_token_id
-from lightning_sft.patterns import HeadScores, score_heads
+from lightning_sft.scorer.patterns import HeadScores, score_heads
 from lightning_sft.storage import save_scores
 
 # float32 on CPU: CPUs without native bf16 (AVX2) emulate it ~30x slower; GPUs compute bf16 natively.

@@ -188,7 +188,9 @@ def _check_index_fields(index: dict[str, Any]) -> None:
     for probe, entry in index["probes"].items():
         check_probe_name(probe)
         if not all(_is_int(step, 0) for step in entry["steps"]):
-            raise ValueError(f"'probes.{probe}.steps' is {json.dumps(entry['steps'])[:80]}; expected a list of ints >= 0")
+            raise ValueError(
+                f"'probes.{probe}.steps' is {json.dumps(entry['steps'])[:80]}; expected a list of ints >= 0"
+            )
         for step, values in entry["metrics"].items():
             if not (step.isascii() and step.isdigit()):
                 raise ValueError(f"'probes.{probe}.metrics' has step key {step!r}; expected step numbers")

@@ -253,15 +253,23 @@ def independent_greedy(model, prompt: list[int], steps: int, banned: int) -> lis
 
 
 class EosAfter:
-    """A forward hook on the LM head: eos impossible for the first `steps` forward passes of each generation (a
-    pass over more than one position starts one), then certain; counts the passes."""
+    """Hooks on a model: eos impossible for the first `steps` forward passes of each generation (a pass whose
+    input holds more than one position starts one), then certain; counts the passes. `attach` returns a handle
+    whose `remove()` takes both hooks off."""
 
     def __init__(self, eos: int, steps: int | None) -> None:
         self.eos, self.steps, self.calls, self.total = eos, steps, 0, 0
 
-    def __call__(self, module, args, output):
-        if output.shape[1] > 1:
+    def attach(self, model) -> "_Both":
+        first = model.get_input_embeddings().register_forward_pre_hook(self.start)
+        head = model.get_output_embeddings().register_forward_hook(self.logits)
+        return _Both(first, head)
+
+    def start(self, module, args):
+        if args[0].shape[1] > 1:
             self.calls = 0
+
+    def logits(self, module, args, output):
         self.total += 1
         output = output.clone()
         output[..., self.eos] = float("inf") if self.steps is not None and self.calls >= self.steps else -float("inf")
@@ -269,9 +277,20 @@ class EosAfter:
         return output
 
 
+class _Both:
+    """Removable handles removed together."""
+
+    def __init__(self, *handles) -> None:
+        self.handles = handles
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def test_generation_batched_with_cache_equals_independent_greedy(model, tokenizer):
     prompts = [tokenizer.encode(text) for text in ("12+345=", "rev 9=", "sort 314159=", "count a in abca=")]
-    hook = model.lm_head.register_forward_hook(EosAfter(tokenizer.eos_token_id, None))
+    hook = EosAfter(tokenizer.eos_token_id, None).attach(model)
     try:
         generations = greedy_generate(model, prompts, max_new_tokens=6, pad_token_id=0, eos_token_id=2,
                                       stopped=lambda tokens: False)
@@ -291,7 +310,7 @@ def test_exact_string_task_counts_matches(model, tokenizer, tmp_path):
         rows.append({"prompt": prompt, "response": text if index % 2 == 0 else text + "x"})
     data = load_task("reversed_sum", write_rows(tmp_path / "rows.jsonl", rows))
     hook = EosAfter(tokenizer.eos_token_id, steps=3)  # 3 tokens, then eos: every generation stops
-    handle = model.lm_head.register_forward_hook(hook)
+    handle = hook.attach(model)
     try:
         result = evaluate(model, tokenizer, data, batch_size=2)
     finally:
@@ -310,7 +329,7 @@ def test_math_task_end_to_end(model, tokenizer, tmp_path):
     rows = [{**row, "solution": f"So \\boxed{{{text}}}."} if index % 2 == 0 else row
             for index, (row, text) in enumerate(zip(rows, texts))]
     data = load_task("math", write_rows(tmp_path / "rows.jsonl", rows))
-    handle = model.lm_head.register_forward_hook(EosAfter(tokenizer.eos_token_id, steps=4))
+    handle = EosAfter(tokenizer.eos_token_id, steps=4).attach(model)
     try:
         result = evaluate(model, tokenizer, data, batch_size=3)
     finally:
@@ -325,7 +344,7 @@ def test_generation_that_never_stops_is_bounded_and_wrong(model, tokenizer, tmp_
     text = tokenizer.decode(independent_greedy(model, encode_prompt(tokenizer, prompt, True), 5, banned=2))
     data = load_task("reversed_sum", write_rows(tmp_path / "rows.jsonl", [{"prompt": prompt, "response": text}]))
     hook = EosAfter(tokenizer.eos_token_id, steps=None)  # eos never comes
-    handle = model.lm_head.register_forward_hook(hook)
+    handle = hook.attach(model)
     try:
         result = evaluate(model, tokenizer, data, max_new_tokens=5)
     finally:

@@ -23,6 +23,7 @@ def model_dir(tmp_path, tokenizer):
     return tmp_path / "model"
 
 
+@pytest.mark.lowest
 def test_table_and_results_json(model_dir, tmp_path, capsys):
     out = tmp_path / "results.json"
     main(["--model", str(model_dir), "--task", f"arc_challenge={DATA / 'arc_challenge.jsonl'}",

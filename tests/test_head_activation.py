@@ -26,7 +26,7 @@ from lightning_sft.analysis.runs import load_runs
 from lightning_sft.data import SFTDataModule, collate, collate_batches, load_examples
 from lightning_sft.module import SFTModule
 from lightning_sft.models import model_of
-from lightning_sft.patterns import activation_pattern, score_heads
+from lightning_sft.scorer.patterns import activation_pattern, score_heads
 from lightning_sft.plots import PatternHeatmap
 from lightning_sft.storage import load_index, load_pattern_file, load_patterns, pattern_path
 from lightning_sft.tokenizer import byte_tokenizer
@@ -99,10 +99,10 @@ def custom_scalars_layout(log_dir: str | Path) -> dict[str, dict[str, list[str]]
 
 
 def drift_layout_charts() -> dict[str, dict[str, list[str]]]:
-    """Every chart the layout must name, written out independently of the callback's code."""
+    """Every chart the layout of a run with this callback alone must name (no accuracy chart: no
+    TaskAccuracyCallback fills it), drift and concentration first, written out independently of the code."""
     return {
-        "head_drift": {"pearson vs base": ["^head_drift/pearson$"], "mse vs base": ["^head_drift/mse$"],
-                       "eval accuracy": ["^eval/.*"]},
+        "head_drift": {"pearson vs base": ["^head_drift/pearson$"], "mse vs base": ["^head_drift/mse$"]},
         "head_activation": {statistic: [f"^head_activation/{statistic}$"]
                             for statistic in ("gini", "cv", "kurtosis", "mean")},
         "head_probe": {"probe loss": ["^head_probe/loss$"]},
@@ -162,6 +162,7 @@ def test_fit_in_hand_written_module_logs_and_saves(tmp_path, probes, tokenizer):
     index = load_index(save_dir)
     assert index["probes"]["doubling"]["metrics"][5]["head_activation/gini"] == pytest.approx(gini_logged, rel=1e-6)
     assert custom_scalars_layout(trainer.log_dir) == drift_layout_charts()
+    assert list(custom_scalars_layout(trainer.log_dir)) == ["head_drift", "head_activation", "head_probe"]
 
     # head_similarity/<a>/<b>: Pearson correlation of the two probes' changes since step 0, flattened.
     tag = next(tag for tag in tags["scalars"] if tag.startswith("head_similarity/") and "doubling" in tag

@@ -151,6 +151,13 @@ def test_cpu_bf16_cost_reads_torch_capability_queries(monkeypatch, onednn_bf16, 
     assert found is None if cost is None else f"about {cost} slower than float32" in found
 
 
+def test_cpu_bf16_cost_says_when_torch_cannot_tell(monkeypatch):
+    """torch 2.6 (the lowest declared) has no torch.cpu.get_capabilities: say so rather than guess."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
+    assert "cannot tell whether this CPU has native bf16" in precision.cpu_bf16_cost()
+
+
 @pytest.mark.parametrize(("trainer_precision", "dtype", "warns"), [
     ("bf16-true", "float32", True), ("bf16-mixed", "float32", True),
     ("32-true", "bfloat16", True),  # 32-true leaves bf16-loaded weights bf16

@@ -12,7 +12,7 @@ from transformers import LlamaForCausalLM
 
 from lightning_sft import score
 from lightning_sft.data import collate, load_examples
-from lightning_sft.patterns import score_heads
+from lightning_sft.scorer.patterns import score_heads
 from lightning_sft.storage import load_pattern_file
 
 DATA = Path(__file__).parents[1] / "data" / "benchmarks"

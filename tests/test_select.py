@@ -10,7 +10,7 @@ import numpy as np
 from transformers import LlamaForCausalLM
 
 from lightning_sft.data import collate, load_examples, tokenize_rows
-from lightning_sft.patterns import activation_pattern
+from lightning_sft.scorer.patterns import activation_pattern
 from lightning_sft.select import main
 from tests.test_analysis import _pearson, _short_rows
 

@@ -199,8 +199,15 @@ def test_a_bug_keeps_its_traceback(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.lowest
 def test_demo_config_fits_offline_and_leaves_checkpoint_events_export(tmp_path):
-    run_train("fit", "--config", "configs/demo.yaml", "--trainer.default_root_dir", str(tmp_path),
+    """The demo config with TaskAccuracyCallback added beside its HeadActivationCallback."""
+    config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    config["trainer"]["callbacks"].append({"class_path": "callbacks.TaskAccuracyCallback", "init_args": {
+        "tasks": {"addition": str(ROOT / "demo" / "data" / "addition_probe.jsonl")}, "steps": [0, 8],
+        "max_examples": 4, "max_new_tokens": 4}})
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(config))
+    run_train("fit", "--config", str(tmp_path / "both.yaml"), "--trainer.default_root_dir", str(tmp_path),
               "--trainer.max_steps", "8", "--trainer.val_check_interval", "4", "--model.warmup_steps", "2",
               "--trainer.log_every_n_steps", "2")
     run_dir = tmp_path / "lightning_logs" / "version_0"
@@ -213,6 +220,7 @@ def test_demo_config_fits_offline_and_leaves_checkpoint_events_export(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(export)
     assert model.config.num_hidden_layers == 4 and list(export.glob("*.safetensors"))
     assert "hp_metric" not in events.Tags()["scalars"]
+    assert [event.step for event in events.Scalars("eval/addition/exact_match")] == [0, 8]
     probes = ("addition", "reversal", "sorting", "counting", "reversed_sum")
     for probe in probes:  # the callback is on in the demo: drift and concentration curves, a run per probe
         probe_events = EventAccumulator(str(run_dir / f"probe_{probe}")).Reload()
@@ -231,6 +239,7 @@ def test_default_logger_writes_no_hp_metric_placeholder(tmp_path):
     logger.finalize("success")
     events = EventAccumulator(logger.log_dir).Reload()
     assert "hp_metric" not in events.Tags()["scalars"]
+    assert [event.step for event in events.Scalars("eval/addition/exact_match")] == [0, 8]
 
 
 def test_print_config_shows_every_option():
