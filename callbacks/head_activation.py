@@ -4,8 +4,8 @@ At each scheduled step the callback scores every probe set with `lightning_sft.s
 (mean over examples of sum_ij |A_ij * dL/dA_ij| per head, a [num_layers, num_heads] pattern) and logs,
 with a TensorBoardLogger, each probe as its own run `<log_dir>/probe_<probe>/` (one colour per probe):
 
-    head_activation/{gini,cv,kurtosis,mean}   concentration (kurtosis: Pearson's, not excess)
-    head_drift/{pearson,mse}                   against the pattern at step 0 (the base model;
+    concentration/{gini,cv,kurtosis,mean}   concentration (kurtosis: Pearson's, not excess)
+    drift/{pearson,mse}                   against the pattern at step 0 (the base model;
                                                step 0 is always probed, whatever the schedule)
     head_probe/{loss,seconds}                  mean probe loss (nats/token), wall time of the probe
     histograms: head_activation/scores; at the end of training, images (at most 10 steps, step 0 and
@@ -13,7 +13,7 @@ with a TensorBoardLogger, each probe as its own run `<log_dir>/probe_<probe>/` (
 
 and in the logger's own run `head_similarity/<a>/<b>` (correlation of the two probes' pattern changes),
 the custom-scalars layout (`loggers.scalars_layout`: one chart per statistic, a line per probe), and at
-the end the images head_similarity/change_correlation and head_drift/figure (Pearson and MSE against
+the end the images head_similarity/change_correlation and drift/figure (Pearson and MSE against
 step, a line per probe). Other loggers get `<group>/<probe>/<statistic>` tags through `log_metrics`;
 WandbLogger and MLFlowLogger also get the images, a probe's as `head_activation/<probe>/{pattern,change}`.
 Every pattern is saved with `lightning_sft.storage.save_pattern` (read back with `load_patterns`).
@@ -55,7 +55,7 @@ from lightning_sft.storage import (INDEX_NAME, check_probe_name, load_index, loa
                                    save_pattern)
 
 ProbeSource = str | dict[str, Any] | list[dict[str, list[int]]]
-PER_PROBE_GROUPS = ("head_activation", "head_drift", "head_probe")  # tags <group>/<probe>/<statistic>
+PER_PROBE_GROUPS = ("concentration", "drift", "head_activation", "head_probe")  # tags <group>/<probe>/<statistic>
 MAX_IMAGE_STEPS = 10  # TensorBoard's default number of images kept per tag
 
 
@@ -366,12 +366,12 @@ class HeadActivationCallback(Callback):
     ) -> dict[str, float]:
         values = pattern.numpy()
         return {
-            f"head_activation/{name}/gini": stats.gini(values),
-            f"head_activation/{name}/cv": stats.coefficient_of_variation(values),
-            f"head_activation/{name}/kurtosis": stats.kurtosis(values),
-            f"head_activation/{name}/mean": float(values.mean()),
-            f"head_drift/{name}/pearson": stats.pearson(values, base.numpy()),
-            f"head_drift/{name}/mse": stats.mse(values, base.numpy()),
+            f"concentration/{name}/gini": stats.gini(values),
+            f"concentration/{name}/cv": stats.coefficient_of_variation(values),
+            f"concentration/{name}/kurtosis": stats.kurtosis(values),
+            f"concentration/{name}/mean": float(values.mean()),
+            f"drift/{name}/pearson": stats.pearson(values, base.numpy()),
+            f"drift/{name}/mse": stats.mse(values, base.numpy()),
             f"head_probe/{name}/loss": float(losses.mean()),
             f"head_probe/{name}/seconds": seconds,
         }
@@ -384,14 +384,14 @@ class HeadActivationCallback(Callback):
         """Scalars and histograms now; heatmaps and the drift figure are kept for `_log_figures` at the end.
 
         With a TensorBoardLogger each probe's scalars go to its own run `<log_dir>/probe_<name>/` under
-        the probe-free tags of the saved index (`head_drift/pearson`, ...), so TensorBoard draws one
+        the probe-free tags of the saved index (`drift/pearson`, ...), so TensorBoard draws one
         colour per probe; other loggers get every tag through `log_metrics`.
         """
         for name, pattern in patterns.items():
             self._logged_patterns.setdefault(name, {})[step] = pattern.numpy()
             self._logged_changes.setdefault(name, {})[step] = changes[name]
-            self._drift.setdefault(name, {})[step] = (metrics[f"head_drift/{name}/pearson"],
-                                                      metrics[f"head_drift/{name}/mse"])
+            self._drift.setdefault(name, {})[step] = (metrics[f"drift/{name}/pearson"],
+                                                      metrics[f"drift/{name}/mse"])
         if correlation is not None:
             self._correlations[step] = correlation
         for logger in trainer.loggers:
@@ -467,7 +467,7 @@ class HeadActivationCallback(Callback):
                 yield None, "head_similarity/change_correlation", step, heatmap.frame(
                     self._correlations[step][1], f"correlation of pattern changes, step {step}")
         last_step = max(max(by_step) for by_step in self._drift.values())
-        yield None, "head_drift/figure", last_step, figure_pixels(drift_figure(self._drift))
+        yield None, "drift/figure", last_step, figure_pixels(drift_figure(self._drift))
 
     # The state goes into the checkpoint from on_save_checkpoint, not by overriding `state_dict`: Lightning
     # checks at Trainer construction that callbacks overriding `state_dict` have distinct state keys, with a

@@ -23,12 +23,12 @@ def scalars_layout(callbacks: Sequence[Callback]) -> dict[str, dict[str, list[An
     tasks = any(isinstance(callback, TaskAccuracyCallback) for callback in callbacks)
     layout: dict[str, dict[str, list[Any]]] = {}
     if probes:
-        layout["head_drift"] = {"pearson vs base": ["Multiline", [r"^head_drift/pearson$"]],
-                                "mse vs base": ["Multiline", [r"^head_drift/mse$"]]}
-        layout["head_activation"] = {statistic: ["Multiline", [rf"^head_activation/{statistic}$"]]
-                                     for statistic in ("gini", "cv", "kurtosis", "mean")}
+        layout["drift"] = {"pearson vs base": ["Multiline", [r"^drift/pearson$"]],
+                           "mse vs base": ["Multiline", [r"^drift/mse$"]]}
+        layout["concentration"] = {statistic: ["Multiline", [rf"^concentration/{statistic}$"]]
+                                   for statistic in ("gini", "cv", "kurtosis", "mean")}
     if tasks:
-        layout.setdefault("head_drift" if probes else "eval", {})["eval accuracy"] = ["Multiline", [r"^eval/.*"]]
+        layout.setdefault("drift" if probes else "eval", {})["eval accuracy"] = ["Multiline", [r"^eval/.*"]]
     if probes:
         layout["head_probe"] = {"probe loss": ["Multiline", [r"^head_probe/loss$"]]}
     return layout

@@ -102,8 +102,8 @@ def drift_layout_charts() -> dict[str, dict[str, list[str]]]:
     """Every chart the layout of a run with this callback alone must name (no accuracy chart: no
     TaskAccuracyCallback fills it), drift and concentration first, written out independently of the code."""
     return {
-        "head_drift": {"pearson vs base": ["^head_drift/pearson$"], "mse vs base": ["^head_drift/mse$"]},
-        "head_activation": {statistic: [f"^head_activation/{statistic}$"]
+        "drift": {"pearson vs base": ["^drift/pearson$"], "mse vs base": ["^drift/mse$"]},
+        "concentration": {statistic: [f"^concentration/{statistic}$"]
                             for statistic in ("gini", "cv", "kurtosis", "mean")},
         "head_probe": {"probe loss": ["^head_probe/loss$"]},
     }
@@ -139,30 +139,30 @@ def test_fit_in_hand_written_module_logs_and_saves(tmp_path, probes, tokenizer):
         run = probe_run(trainer.log_dir, name)
         run_tags = run.Tags()
         for statistic in ("gini", "cv", "kurtosis", "mean"):
-            assert f"head_activation/{statistic}" in run_tags["scalars"]
-        for tag in ("head_drift/pearson", "head_drift/mse", "head_probe/loss"):
+            assert f"concentration/{statistic}" in run_tags["scalars"]
+        for tag in ("drift/pearson", "drift/mse", "head_probe/loss"):
             assert [e.step for e in run.Scalars(tag)] == [0, 1, 2, 4, 5]
         assert [e.step for e in run.Images("head_activation/pattern")] == [0, 1, 2, 4, 5]
         assert [e.step for e in run.Images("head_activation/change")] == [1, 2, 4, 5]
         assert "head_activation/scores" in run_tags["histograms"]
         assert not [tag for tag in tags["scalars"] if f"/{name}/" in tag and not tag.startswith("head_similarity/")]
     assert [e.step for e in events.Images("head_similarity/change_correlation")] == [1, 2, 4, 5]
-    assert [e.step for e in events.Images("head_drift/figure")] == [5]
+    assert [e.step for e in events.Images("drift/figure")] == [5]
     assert "head_similarity/big/doubling" in tags["scalars"] or "head_similarity/doubling/big" in tags["scalars"]
 
     last = patterns["doubling"][5].numpy()
     doubling = probe_run(trainer.log_dir, "doubling")
-    gini_logged = doubling.Scalars("head_activation/gini")[-1].value
+    gini_logged = doubling.Scalars("concentration/gini")[-1].value
     assert gini_logged == pytest.approx(independent_gini(last), rel=1e-5)
-    drift = doubling.Scalars("head_drift/mse")[-1].value
+    drift = doubling.Scalars("drift/mse")[-1].value
     assert drift == pytest.approx(float(((last - patterns["doubling"][0].numpy()) ** 2).mean()), rel=1e-5)
-    assert doubling.Scalars("head_drift/pearson")[0].value == pytest.approx(1.0)
-    assert doubling.Scalars("head_drift/pearson")[-1].value != pytest.approx(
-        probe_run(trainer.log_dir, "big").Scalars("head_drift/pearson")[-1].value)  # two probes, two series
+    assert doubling.Scalars("drift/pearson")[0].value == pytest.approx(1.0)
+    assert doubling.Scalars("drift/pearson")[-1].value != pytest.approx(
+        probe_run(trainer.log_dir, "big").Scalars("drift/pearson")[-1].value)  # two probes, two series
     index = load_index(save_dir)
-    assert index["probes"]["doubling"]["metrics"][5]["head_activation/gini"] == pytest.approx(gini_logged, rel=1e-6)
+    assert index["probes"]["doubling"]["metrics"][5]["concentration/gini"] == pytest.approx(gini_logged, rel=1e-6)
     assert custom_scalars_layout(trainer.log_dir) == drift_layout_charts()
-    assert list(custom_scalars_layout(trainer.log_dir)) == ["head_drift", "head_activation", "head_probe"]
+    assert list(custom_scalars_layout(trainer.log_dir)) == ["drift", "concentration", "head_probe"]
 
     # head_similarity/<a>/<b>: Pearson correlation of the two probes' changes since step 0, flattened.
     tag = next(tag for tag in tags["scalars"] if tag.startswith("head_similarity/") and "doubling" in tag
@@ -261,7 +261,7 @@ def test_resume_keeps_base_pattern_and_probes_no_step_twice(tmp_path, probes, to
     resumed_callback, second = run(tmp_path / "resumed", 4, ckpt_path=str(checkpoint))
     assert second.log_dir != first.log_dir  # the resumed run logs to a new run, which also gets the layout
     assert custom_scalars_layout(first.log_dir) == custom_scalars_layout(second.log_dir) == drift_layout_charts()
-    assert [e.step for e in probe_run(second.log_dir, "doubling").Scalars("head_drift/pearson")] == [3, 4]
+    assert [e.step for e in probe_run(second.log_dir, "doubling").Scalars("drift/pearson")] == [3, 4]
     assert resumed_callback.done_steps == [0, 1, 2, 3, 4]
     assert len(calls) == 2  # steps 3 and 4 only
     torch.testing.assert_close(resumed_callback.base_patterns["doubling"], whole.base_patterns["doubling"])
@@ -391,7 +391,7 @@ def test_base_is_probed_when_the_schedule_lacks_step_0(tmp_path, probes, tokeniz
     assert sorted(saved) == [0, 2]
     examples = load_examples(probes["doubling"], tokenizer)
     torch.testing.assert_close(saved[0], activation_pattern(base_model, [collate(examples, 0)]), rtol=1e-5, atol=0)
-    mse = load_index(Path(trainer.log_dir) / "head_patterns")["probes"]["doubling"]["metrics"][2]["head_drift/mse"]
+    mse = load_index(Path(trainer.log_dir) / "head_patterns")["probes"]["doubling"]["metrics"][2]["drift/mse"]
     assert mse == pytest.approx(float(((saved[2] - saved[0]) ** 2).mean()), rel=1e-5)
 
 
@@ -494,10 +494,10 @@ def test_other_loggers_get_scalars_through_log_metrics(tmp_path, probes, tokeniz
     trainer = make_trainer(tmp_path, [callback], max_steps=2, logger=logger)
     trainer.fit(HandWrittenModule(), train_loader(tokenizer))
     rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
-    logged = [row for row in rows if row.get("head_drift/doubling/pearson")]
+    logged = [row for row in rows if row.get("drift/doubling/pearson")]
     assert [int(row["step"]) for row in logged] == [0, 2]
     saved = load_patterns(Path(logger.log_dir) / "head_patterns")["doubling"]
-    assert float(logged[1]["head_drift/doubling/mse"]) == pytest.approx(
+    assert float(logged[1]["drift/doubling/mse"]) == pytest.approx(
         float(((saved[2] - saved[0]) ** 2).mean()), rel=1e-5)
 
 

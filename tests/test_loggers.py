@@ -84,15 +84,15 @@ def test_wandb_and_mlflow_get_every_tensorboard_scalar_and_image(tmp_path, probe
     wandb_logger.experiment.finish()
 
     layout = custom_scalars_layout(tensorboard.log_dir)  # both callbacks: accuracy beside drift
-    assert list(layout) == ["head_drift", "head_activation", "head_probe"]
-    assert layout["head_drift"] == {"pearson vs base": ["^head_drift/pearson$"], "mse vs base": ["^head_drift/mse$"],
+    assert list(layout) == ["drift", "head_activation", "head_probe"]
+    assert layout["drift"] == {"pearson vs base": ["^drift/pearson$"], "mse vs base": ["^drift/mse$"],
                                     "eval accuracy": ["^eval/.*"]}
 
     scalars, images = tensorboard_run(tensorboard.log_dir)
-    assert {"head_drift/doubling/mse", "head_similarity/doubling/big", "eval/reversed_sum/exact_match"} <= set(scalars)
+    assert {"drift/doubling/mse", "head_similarity/doubling/big", "eval/reversed_sum/exact_match"} <= set(scalars)
     assert set(images) == {f"head_activation/{probe}/{kind}" for probe in ("doubling", "big")
                            for kind in ("pattern", "change")} | {"head_similarity/change_correlation",
-                                                                 "head_drift/figure"}
+                                                                 "drift/figure"}
 
     rows = wandb_records(Path(wandb_logger.experiment.dir).parent)
     wandb_scalars, wandb_images = {}, {}

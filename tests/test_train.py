@@ -224,7 +224,7 @@ def test_demo_config_fits_offline_and_leaves_checkpoint_events_export(tmp_path):
     probes = ("addition", "reversal", "sorting", "counting", "reversed_sum")
     for probe in probes:  # the callback is on in the demo: drift and concentration curves, a run per probe
         probe_events = EventAccumulator(str(run_dir / f"probe_{probe}")).Reload()
-        for tag in ("head_drift/pearson", "head_drift/mse", "head_activation/gini", "head_probe/loss"):
+        for tag in ("drift/pearson", "drift/mse", "concentration/gini", "head_probe/loss"):
             # the config's steps up to 8 (0, 1, 4), and the end
             assert [event.step for event in probe_events.Scalars(tag)] == [0, 1, 4, 8]
     assert sorted(load_patterns(run_dir / "head_patterns")) == sorted(probes)
