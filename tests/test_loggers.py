@@ -84,7 +84,7 @@ def test_wandb_and_mlflow_get_every_tensorboard_scalar_and_image(tmp_path, probe
     wandb_logger.experiment.finish()
 
     layout = custom_scalars_layout(tensorboard.log_dir)  # both callbacks: accuracy beside drift
-    assert list(layout) == ["drift", "head_activation", "head_probe"]
+    assert list(layout) == ["drift", "concentration", "head_probe"]
     assert layout["drift"] == {"pearson vs base": ["^drift/pearson$"], "mse vs base": ["^drift/mse$"],
                                     "eval accuracy": ["^eval/.*"]}
 
