@@ -391,6 +391,31 @@ def test_answer_index_out_of_range(tmp_path, task, row, message):
         load_task(task, path)
 
 
+@pytest.mark.parametrize(("task", "field", "value"), [
+    ("hellaswag", "label", 2.9), ("hellaswag", "label", "2.9"), ("hellaswag", "label", True),
+    ("mmlu", "answer", 1.7), ("mmlu", "answer", True), ("winogrande", "answer", 1.7), ("winogrande", "answer", 2.0),
+])
+def test_answer_index_that_is_not_an_integer_is_refused(tmp_path, task, field, value):
+    good = {"hellaswag": HELLASWAG[0], "winogrande": rows_of("winogrande.jsonl")[0],
+            "mmlu": {"question": "q", "choices": ["a", "b", "c", "d"], "answer": 1, "subject": "s"}}[task]
+    path = write_rows(tmp_path / "rows.jsonl", [good, {**good, field: value}])
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: task {task!r}: {task}: field {field!r} holds")
+                       + ".*not an integer answer index"):
+        load_task(task, path)
+
+
+@pytest.mark.parametrize(("task", "row"), [
+    ("gsm8k", {"question": "How many?", "answer": 16}),
+    ("gsm8k", {"question": 7, "answer": "#### 7"}),
+    ("reversed_sum", {"prompt": "1+2=", "response": 3.0}),
+    ("arc_challenge", {"question": "q", "choices": {"text": ["a", 2], "label": ["A", "B"]}, "answerKey": "A"}),
+])
+def test_a_number_where_text_belongs_in_a_task_row_is_refused(tmp_path, task, row):
+    path = write_rows(tmp_path / "rows.jsonl", [row])
+    with pytest.raises(ValueError, match=re.escape(f"{path}:1: task {task!r}: ") + ".*not (text|a list of strings)"):
+        load_task(task, path)
+
+
 def test_empty_task_file(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="empty"):

@@ -2,7 +2,8 @@
 
 Values are kept as the file holds them: JSON strings stay strings and JSON numbers stay numbers (no column
 type is guessed across rows), every CSV field is the string written in the file (no number or NA guessing),
-Parquet columns keep their declared types. Each row carries its place, counted from 1, so errors and tools
+Parquet columns keep their declared types. JSON Lines files are split into lines at `\n` only, as JSON Lines
+defines them (a U+2028 or U+0085 in a string is text, not a line break; a `\r` before the `\n` is dropped). Each row carries its place, counted from 1, so errors and tools
 that write rows back (`mix`, `select`) can point into the file:
 - .jsonl, .json, .csv: the file's line number (for CSV the physical line, the header being line 1), as
   "FILE:LINE";
@@ -22,6 +23,7 @@ import pyarrow
 import pyarrow.parquet
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+JSON_WHITESPACE = " \t\r\n"  # RFC 8259's; str.strip() would also strip U+2028, U+0085, \x1c...
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,9 @@ def _read_json_lines(path: Path, text: str, document_allowed: bool) -> Rows:
     """One JSON object per non-blank line; each row keeps its line as written. With `document_allowed` (a .json
     file), a single object spread over several lines is refused with what to pass instead."""
     records, places, lines = [], [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if not line.strip(JSON_WHITESPACE):
             continue
         try:
             value = json.loads(line)
@@ -193,6 +196,11 @@ def _read_csv(path: Path, text: str) -> Rows:
     """A header line, then one row per record; every field is the string written in the file."""
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
+    if header and (repeated := sorted({name for name in header if header.count(name) > 1})):
+        raise ValueError(
+            f"{path}:1: the header names column(s) {repeated} more than once, so a row would keep only one of"
+            " their values; give each column its own name"
+        )
     records, places = [], []
     end = reader.line_num  # physical line the previous record ended on (records may span lines)
     for fields in reader:
