@@ -12,6 +12,7 @@ import lightning as L
 import matplotlib.image
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from torch.utils.data import DataLoader
 from transformers import LlamaForCausalLM
@@ -349,6 +350,25 @@ def test_probe_without_base_step_is_refused(capsys, tmp_path):
             save_pattern(directory, "mmlu", 32, torch.rand(2, 4))
         error = _fails(capsys, command[0], directory, *command[1:])
         assert f"probe 'arc' has no pattern at step 0 (the base model); its earliest is step 16 in {directory}" in error
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_pattern_is_refused_naming_probe_step_and_file(capsys, tmp_path, bad):
+    """No statistic and no picture from a NaN/inf pattern (heatmaps drew flat pictures with exit 0)."""
+    directory = tmp_path / "head_patterns"
+    for probe in ("arc", "mmlu", "math"):
+        for step in (0, 3, 6):
+            save_pattern(directory, probe, step, torch.rand(2, 4))
+    path = directory / "mmlu" / "step_00000003.safetensors"
+    pattern = torch.rand(2, 4)
+    pattern[1, 2] = bad
+    safetensors.torch.save_file({"pattern": pattern}, path)
+    out = tmp_path / "out"
+    for command in (["stats"], ["similarity", "--out", out], ["drift", "--out", out], ["heatmaps", "--out", out],
+                    ["compose", "--target", "arc", "--bases", "mmlu", "math", "--subset-size", 1]):
+        error = _fails(capsys, command[0], directory, *command[1:])
+        assert f"probe 'mmlu', step 3: {path} holds" in error and "Traceback" not in error
+    assert not out.exists() or not list(out.iterdir())
 
 
 def test_unknown_probe_names(runs, capsys, tmp_path):

@@ -2,7 +2,9 @@
 independent per-example forward pass, GSM8K and MATH answer extraction on real answers, generation, bad input."""
 
 import json
+import math
 import re
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -135,11 +137,14 @@ def test_multiple_choice_equals_independent_per_example_forward(model, tokenizer
         norms.append(float(np.argmax(lls / np.array([len(choice) for choice in choices])) == request.answer))
     result = evaluate(model, tokenizer, data, batch_size=5)
     assert result["n"] == 6 and result["acc"] == pytest.approx(np.mean(accs), abs=1e-6)
+    # lm-eval's mean_stderr: sample standard deviation (ddof=1) over sqrt(n)
+    assert result["acc_stderr"] == pytest.approx(statistics.stdev(accs) / math.sqrt(6), abs=1e-12)
     if "acc_norm" in TASKS[task].metrics:
         assert result["acc_norm"] == pytest.approx(np.mean(norms), abs=1e-6)
-        assert set(result) == {"acc", "acc_norm", "n"}
+        assert result["acc_norm_stderr"] == pytest.approx(statistics.stdev(norms) / math.sqrt(6), abs=1e-12)
+        assert list(result) == ["acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"]
     else:
-        assert set(result) == {"acc", "n"}
+        assert list(result) == ["acc", "acc_stderr", "n"]
 
 
 def test_gsm8k_answer_extraction_on_real_answers():
@@ -296,7 +301,10 @@ def test_exact_string_task_counts_matches(model, tokenizer, tmp_path):
         result = evaluate(model, tokenizer, data, batch_size=2)
     finally:
         handle.remove()
-    assert result == {"exact_match": pytest.approx(3 / 5), "n": 5}
+    assert result == {"exact_match": pytest.approx(3 / 5), "n": 5,
+                      "exact_match_stderr": pytest.approx(statistics.stdev([1, 0, 1, 0, 1]) / math.sqrt(5))}
+    one = evaluate(model, tokenizer, load_task("reversed_sum", tmp_path / "rows.jsonl", max_examples=1))
+    assert one["n"] == 1 and one["exact_match_stderr"] is None  # undefined for one example (ddof=1)
 
 
 def test_math_task_end_to_end(model, tokenizer, tmp_path):
@@ -315,7 +323,8 @@ def test_math_task_end_to_end(model, tokenizer, tmp_path):
         result = evaluate(model, tokenizer, data, batch_size=3)
     finally:
         handle.remove()
-    assert result == {"exact_match": pytest.approx(2 / 4), "n": 4}
+    assert result == {"exact_match": pytest.approx(2 / 4), "n": 4,
+                      "exact_match_stderr": pytest.approx(statistics.stdev([1, 0, 1, 0]) / 2)}
 
 
 def test_generation_that_never_stops_is_bounded_and_wrong(model, tokenizer, tmp_path):
@@ -331,7 +340,7 @@ def test_generation_that_never_stops_is_bounded_and_wrong(model, tokenizer, tmp_
     finally:
         handle.remove()
     # the text equals the response, but the generation was cut off: wrong; exactly max_new_tokens passes ran
-    assert result == {"exact_match": 0.0, "n": 1} and hook.total == 5
+    assert result == {"exact_match": 0.0, "exact_match_stderr": None, "n": 1} and hook.total == 5
 
 
 def test_evaluate_leaves_the_model_as_found(tokenizer):
