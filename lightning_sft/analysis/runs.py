@@ -20,6 +20,9 @@ def find_patterns_dir(run: str | Path) -> Path:
     that is ours (it has "probes") but malformed, is an error naming it: skipping it would analyse another run.
     """
     run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"{run} is a file, not a run directory; pass the patterns directory holding {INDEX_NAME}"
+                         " or a log directory above it")
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} does not exist; pass a patterns directory or a log directory")
     if (run / INDEX_NAME).is_file():
