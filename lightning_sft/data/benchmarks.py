@@ -151,14 +151,15 @@ def mmlu(row: dict) -> MultipleChoice:
     """MMLU: `question`, `A`..`D`, `answer` (a letter: the original CSV layout), or the HF `cais/mmlu` layout
     `question`, `choices` (list), `answer` (an index 0-3); `subject` where the row has it."""
     question = text_field(row, "question", "mmlu")
+    subject = None if row.get("subject") is None else text_field(row, "subject", "mmlu")
     if "choices" in row:
         return _checked(question, text_list(row, "choices", "mmlu"), index_field(row, "answer", "mmlu"), "mmlu",
-                        row.get("subject"))
+                        subject)
     answer = field(row, "answer", "mmlu")
     options = [text_field(row, letter, "mmlu") for letter in "ABCD"]
     if answer not in ("A", "B", "C", "D"):
         raise ValueError(f"mmlu: answer {answer!r} is not a letter A-D; fix the row")
-    return _checked(question, options, "ABCD".index(answer), "mmlu", row.get("subject"))
+    return _checked(question, options, "ABCD".index(answer), "mmlu", subject)
 
 
 def codesearchnet_python(row: dict) -> Described:
