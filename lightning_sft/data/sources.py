@@ -143,6 +143,22 @@ def _object(path: Path, line: int, value: Any) -> dict:
     return value
 
 
+class _RepeatedKeys(ValueError):
+    """A JSON object naming a key twice (JSON parsing would keep only the last value)."""
+
+
+def _without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        raise _RepeatedKeys(f"an object names key(s) {repeated} more than once, so only the last value would be"
+                            " read; give each field once")
+    return dict(pairs)
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_without_repeated_keys)
+
+
 def _read_json_lines(path: Path, text: str, document_allowed: bool) -> Rows:
     """One JSON object per non-blank line; each row keeps its line as written. With `document_allowed` (a .json
     file), a single object spread over several lines is refused with what to pass instead."""
@@ -152,7 +168,9 @@ def _read_json_lines(path: Path, text: str, document_allowed: bool) -> Rows:
         if not line.strip(JSON_WHITESPACE):
             continue
         try:
-            value = json.loads(line)
+            value = _DECODER.decode(line)
+        except _RepeatedKeys as error:
+            raise ValueError(f"{path}:{number}: {error}") from None
         except json.JSONDecodeError as error:
             if document_allowed and _is_json(text):
                 raise ValueError(
@@ -180,13 +198,16 @@ def _read_json_document(path: Path, text: str) -> Rows:
         values = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}:{error.lineno}: {error}; fix or remove that line") from None
-    decoder, records, places = json.JSONDecoder(), [], []
+    records, places = [], []
     position = text.index("[") + 1
     for _ in values:  # re-walk the array to find where each element starts
         while text[position] in " \t\r\n,":
             position += 1
         line = text.count("\n", 0, position) + 1
-        value, position = decoder.raw_decode(text, position)
+        try:
+            value, position = _DECODER.raw_decode(text, position)
+        except _RepeatedKeys as error:
+            raise ValueError(f"{path}:{line}: {error}") from None
         records.append(_object(path, line, value))
         places.append(f"{path}:{line}")
     return Rows(str(path), records, places)
