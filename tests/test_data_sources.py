@@ -129,9 +129,11 @@ def test_select_keeps_places_and_lines(tmp_path):
         ("latin1.csv", b"t\na\ncaf\xe9\n", r":3: not UTF-8 text \(byte 0xe9"),
         ("text.parquet", b'{"t": "a"}\n', r": not a readable Parquet file \(.*\); pass a file written as Parquet"),
         ("fields.csv", b"prompt,response\na,b\nc,d,e\n", r":3: 3 fields where the header \(line 1\) has 2"),
-        ("twice.jsonl", b'{"t": "a"}\n{"t": "b", "u": {"v": 1, "v": 2}}\n', r":2: an object names key\(s\) \['v'\] more"),
+        ("twice.jsonl", b'{"t": "a"}\n{"t": "b", "u": {"v": 1, "v": 2}}\n',
+         r":2: an object names key\(s\) \['v'\] more"),
         ("twice.json", b'[\n  {"t": "a"},\n  {"t": "b",\n   "t": "c"}\n]\n', r":3: an object names key\(s\) \['t'\] more"),
-        ("twice.csv", b"prompt,response,prompt\na,b,c\n", r":1: the header names column\(s\) \['prompt'\] more than once"),
+        ("twice.csv", b"prompt,response,prompt\na,b,c\n",
+         r":1: the header names column\(s\) \['prompt'\] more than once"),
     ],
 )
 def test_a_bad_file_is_named_with_its_line(tmp_path, name, content, message):

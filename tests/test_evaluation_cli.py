@@ -73,7 +73,8 @@ def test_bad_numbers_are_one_line_before_any_work(model_dir, capsys, flag, value
 def test_out_that_is_a_directory_is_refused_before_the_model_loads(tmp_path):
     with pytest.raises(SystemExit) as error:
         main(["--model", str(tmp_path / "no_model"), "--task", f"gsm8k={DATA / 'gsm8k.jsonl'}", "--out", str(tmp_path)])
-    assert str(error.value.code) == f"error: --out {tmp_path} is an existing directory; pass the path of the file to write"
+    assert str(error.value.code) == (f"error: --out {tmp_path} is an existing directory; pass the path of the file"
+                                     " to write")
 
 
 def test_a_gsm8k_answer_that_is_a_json_number_is_one_line(tmp_path):

@@ -3,8 +3,9 @@
 Values are kept as the file holds them: JSON strings stay strings and JSON numbers stay numbers (no column
 type is guessed across rows), every CSV field is the string written in the file (no number or NA guessing),
 Parquet columns keep their declared types. JSON Lines files are split into lines at `\n` only, as JSON Lines
-defines them (a U+2028 or U+0085 in a string is text, not a line break; a `\r` before the `\n` is dropped). Each row carries its place, counted from 1, so errors and tools
-that write rows back (`mix`, `select`) can point into the file:
+defines them (a U+2028 or U+0085 in a string is text, not a line break; a `\r` before the `\n` is dropped). A
+JSON object or CSV header naming a key twice is refused (one value would be dropped). Each row carries its
+place, counted from 1, so errors and tools that write rows back (`mix`, `select`) can point into the file:
 - .jsonl, .json, .csv: the file's line number (for CSV the physical line, the header being line 1), as
   "FILE:LINE";
 - .parquet and `load_dataset` sources: the row number, as "SOURCE row N".
