@@ -48,6 +48,7 @@ from callbacks.loggers import IMAGE_LOGGERS, log_image, scalars_layout
 from callbacks.schedule import Schedule
 from lightning_sft import event_crc, stats
 from lightning_sft.data import collate_batches, load_examples
+from lightning_sft.labels import IGNORE_INDEX
 from lightning_sft.models import model_of, pad_token_id, tokenizer_for
 from lightning_sft.scorer.patterns import score_heads
 from lightning_sft.plots import CorrelationHeatmap, PatternHeatmap, drift_figure, figure_pixels, pattern_limits
@@ -214,6 +215,7 @@ class HeadActivationCallback(Callback):
     @override
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         # Here, not in setup: a checkpoint is restored after setup (under DeepSpeed after on_fit_start).
+        _check_vocabulary(self.probes, model_of(pl_module, self.model_attribute, "HeadActivationCallback"))
         self._open_store(trainer)
         self.schedule.warn_beyond(trainer, "probed")
         self._probe_if_due(trainer, pl_module)
@@ -490,14 +492,35 @@ class HeadActivationCallback(Callback):
         self._restored = {key: state_dict[key] for key in ("save_dir", "root_dir") if key in state_dict}
 
 
+def _token_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(token, int) and not isinstance(token, bool) for token in value)
+
+
 def _checked_example(index: int, row: Any) -> dict[str, list[int]]:
-    if not isinstance(row, Mapping) or "input_ids" not in row or "labels" not in row:
-        raise ValueError(f"pre-tokenized example {index} needs 'input_ids' and 'labels' lists")
+    if not isinstance(row, Mapping) or not all(_token_list(row.get(key)) for key in ("input_ids", "labels")):
+        has = sorted(row) if isinstance(row, Mapping) else f"a {type(row).__name__}"
+        raise ValueError(f"pre-tokenized example {index} needs 'input_ids' and 'labels' lists of integers (labels"
+                         f" {IGNORE_INDEX} where unsupervised); it has {has}")
     if len(row["input_ids"]) != len(row["labels"]):
         raise ValueError(
             f"pre-tokenized example {index}: {len(row['input_ids'])} input_ids but {len(row['labels'])} labels"
         )
     return {"input_ids": list(row["input_ids"]), "labels": list(row["labels"])}
+
+
+def _check_vocabulary(probes: Mapping[str, ProbeSource], model: Any) -> None:
+    """Refuse a pre-tokenized token id (or label) outside the model's vocabulary, which would fail inside the
+    embedding lookup (on a GPU as a device-side assert) at the first probe."""
+    size = model.get_input_embeddings().num_embeddings
+    for name, source in probes.items():
+        for index, row in enumerate(source if isinstance(source, list) else []):
+            labels = [label for label in row["labels"] if label != IGNORE_INDEX]
+            if outside := [token for token in row["input_ids"] + labels if not 0 <= token < size]:
+                raise ValueError(
+                    f"probe set {name!r} ({_describe(source)}): pre-tokenized example {index} holds token id"
+                    f" {outside[0]}, outside the model's vocabulary of {size} ids (0 to {size - 1}); tokenize it"
+                    " with this model's tokenizer"
+                )
 
 
 def _describe(source: ProbeSource) -> str:

@@ -47,3 +47,14 @@ def test_reversed_sum_is_composed_best_of_addition_and_reversal(demo_run):
     best = fits[0]
     assert set(best.bases) == {"addition", "reversal"} and all(value > 0 for value in best.coefficients.values())
     assert best.r2 > fits[1].r2
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    from lightning_sft.demo import main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit) as error:
+        main(["--out", str(a_file)])
+    assert error.value.code == 1
+    assert capsys.readouterr().err == f"error: --out {a_file} is a file; pass a directory (it is created if missing)\n"

@@ -531,6 +531,23 @@ def test_bad_probe_set_fails_at_fit_start_with_its_name(tmp_path, tokenizer, con
         assert message in str(error.value)
 
 
+@pytest.mark.parametrize("rows, message", [
+    ([{"input_ids": [1, 2, 3]}], r"pre-tokenized example 0 needs 'input_ids' and 'labels' lists of integers .*"
+                                 r"it has \['input_ids'\]"),
+    ([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [1, 2], "labels": 5}],
+     r"pre-tokenized example 1 needs 'input_ids' and 'labels' lists of integers"),
+    ([{"input_ids": [1, 2, 300], "labels": [-100, 2, 3]}],
+     r"pre-tokenized example 0 holds token id 300, outside the model's vocabulary of 259 ids \(0 to 258\)"),
+    ([{"input_ids": [1, 2, 3], "labels": [-100, 2, -5]}], r"pre-tokenized example 0 holds token id -5, outside"),
+])
+def test_bad_pre_tokenized_probe_is_refused_at_fit_start_naming_it(tmp_path, tokenizer, rows, message):
+    callback = HeadActivationCallback({"tiny_probe": rows})
+    trainer = make_trainer(tmp_path, [callback], max_steps=5)
+    with pytest.raises(ValueError, match=r"^probe set 'tiny_probe' \(\d pre-tokenized examples\): " + message):
+        trainer.fit(HandWrittenModule(), train_loader(tokenizer))
+    assert trainer.global_step == 0 and not list(tmp_path.rglob("index.json"))
+
+
 def test_steps_beyond_max_steps_warn(tmp_path, probes, tokenizer):
     callback = HeadActivationCallback({"doubling": probes["doubling"]}, steps=[0, 2, 50])
     with pytest.warns(UserWarning, match=r"\[50\].*max_steps=2"):

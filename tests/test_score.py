@@ -66,6 +66,11 @@ def test_user_errors_are_one_line(model_dir, capsys, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_out_that_is_a_directory_is_refused_before_the_model_loads(capsys, tmp_path):
+    error = _fails(capsys, "--model", tmp_path / "nowhere", "--probe", DATA / "gsm8k.jsonl", "--out", tmp_path)
+    assert error == f"error: --out {tmp_path} is an existing directory; pass the path of the file to write\n"
+
+
 def test_missing_probe_through_the_entry_point_has_no_traceback(model_dir, tmp_path):
     command = [sys.executable, "-m", "lightning_sft.score", "--model", str(model_dir), "--probe",
                str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x.safetensors")]

@@ -76,6 +76,15 @@ def test_select_refuses_malformed_pool_rows(model_dir, capsys, tmp_path):
     assert not (tmp_path / "chosen.jsonl").exists()
 
 
+def test_out_that_is_a_directory_is_refused_before_the_model_loads(capsys, tmp_path):
+    target = tmp_path / "target.jsonl"
+    target.write_text("".join(json.dumps(row) + "\n" for row in _short_rows("math", 2)))
+    status, _, error = _select(capsys, "--model", tmp_path / "nowhere", "--target", target, "--pool", target,
+                               "--k", 1, "--out", tmp_path)
+    assert status == 1
+    assert error == f"error: --out {tmp_path} is an existing directory; pass the path of the file to write\n"
+
+
 def test_missing_model_is_one_error_line(tmp_path):
     """The module entry point, as a user runs it: one `error:` line naming the model, no traceback."""
     target = tmp_path / "target.jsonl"

@@ -86,8 +86,11 @@ def test_logs_every_task_metric_to_every_logger_on_the_schedule(tmp_path, tasks)
 
     tokenizer = module.tokenizer
     winogrande = load_task("winogrande", tasks["winogrande"], max_examples=4)
-    assert events.Scalars("eval/winogrande/acc")[0].value == pytest.approx(
-        evaluate(base, tokenizer, winogrande)["acc"])
+    base_result = evaluate(base, tokenizer, winogrande)
+    assert events.Scalars("eval/winogrande/acc")[0].value == pytest.approx(base_result["acc"])
+    # the standard error beside it, off the accuracy chart (whose regex is ^eval/)
+    assert events.Scalars("eval_stderr/winogrande/acc")[0].value == pytest.approx(base_result["acc_stderr"])
+    assert [event.step for event in events.Scalars("eval_stderr/reversed_sum/exact_match")] == [0, 1, 2, 4, 5]
     assert float(rows[-1]["eval/winogrande/acc"]) == pytest.approx(
         evaluate(module.net, tokenizer, winogrande)["acc"])
 
