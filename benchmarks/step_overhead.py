@@ -11,7 +11,7 @@ there), `auto` is `Trainer(strategy="auto")`, `zero2` the project's DeepSpeed Ze
 has (TensorBoard logger, progress bar). `+packed` packs the examples into rows of `max_length`
 (`data.packing: true`), `+flex` trains with `attn_implementation="flex_attention"` instead of sdpa.
 
-The runs take turns: `--rounds` rounds, each running every run for `--warmup` + `--steps / --rounds` steps,
+After one untimed warm-up pass over every run, the runs take turns: `--rounds` rounds, each running every run for `--warmup` + `--steps / --rounds` steps,
 in reverse order every other round; only steps after each run's warm-up are timed (CUDA: by events on the
 stream, no host sync added; CPU: wall clock), and on CUDA the GPU's clocks are brought up first. Prints one
 row per run: median ms per 1,000 tokens (padded and real), the ratio to `bare`, MFU (6 x parameters x padded
@@ -22,6 +22,7 @@ memory.
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -32,9 +33,10 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_sft.data import SFTDataModule
-from lightning_sft.module import SFTModule
-from lightning_sft.strategy import DeepSpeedStrategy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lightning_sft.data import SFTDataModule  # noqa: E402
+from lightning_sft.module import SFTModule  # noqa: E402
+from lightning_sft.strategy import DeepSpeedStrategy  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 LLAMA = {"model_type": "llama", "pad_token_id": 2, "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": True}
@@ -157,6 +159,8 @@ def run_bare(module: SFTModule, data: SFTDataModule, device: str, steps: int, cl
     for _ in range(steps):
         batch = next(source)
         clock.mark()
+        if device == "cuda":  # as SFTDataModule's loader pins them for Lightning on CUDA
+            batch = {key: value.pin_memory() for key, value in batch.items()}
         batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
         loss = model(**batch, use_cache=False).loss
         loss.backward()
@@ -209,6 +213,8 @@ def measure(args: argparse.Namespace, report: Callable[[str], None] = print) -> 
         # one tokenizer folder for the module and the data (as SFTModule loads it: pad token set)
         SFTModule._load_tokenizer(args.tokenizer, False).save_pretrained(Path(directory) / "tokenizer")
         args = argparse.Namespace(**{**vars(args), "tokenizer": str(Path(directory) / "tokenizer")})
+        for spec in args.runs:  # warm-up: every run once, untimed (first-use allocations, kernels, clocks)
+            run_once(spec, args, args.warmup, Path(directory))
         for round_index in range(args.rounds):
             order = args.runs if round_index % 2 == 0 else args.runs[::-1]
             for spec in order:

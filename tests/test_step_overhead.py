@@ -67,17 +67,21 @@ def test_batches_are_page_locked_for_cuda_only(tmp_path, tokenizer):
         assert data.val_dataloader().pin_memory is pinned
 
 
-@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("attention", ["eager", "sdpa", "flex_attention"])
 def test_packed_and_padded_batches_of_the_same_examples_have_the_same_loss(tokenizer, attention):
+    """Padded batches through sdpa (the reference) against packed ones through each attention (flex attention:
+    the document mask transformers builds from position_ids; forward only, CPU flex has no backward)."""
     torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_llama_config(attn_implementation=attention)).eval()
+    model = LlamaForCausalLM(tiny_llama_config(attn_implementation="sdpa")).eval()
     rows = [{"prompt": f"{i} + {i * 7} =", "response": f" {i * 8}" * (i % 3 + 1)} for i in range(6)]
     examples = tokenize_rows(rows, tokenizer, max_length=40)
     padded = collate(examples, pad_token_id=PAD)
     packed = collate_packed(pack_examples(examples, max_length=40), pad_token_id=PAD)
     assert packed["input_ids"].numel() < padded["input_ids"].numel()
     with torch.no_grad():
-        torch.testing.assert_close(model(**packed, use_cache=False).loss, model(**padded, use_cache=False).loss)
+        reference = model(**padded, use_cache=False).loss
+        model.set_attn_implementation(attention)
+        torch.testing.assert_close(model(**packed, use_cache=False).loss, reference)
 
 
 def load_benchmark():
