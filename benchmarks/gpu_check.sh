@@ -65,7 +65,7 @@ if [[ $DRY == 0 ]]; then
   TOKENIZER=${SFT_TOKENIZER:-.whl/smollm2-tokenizer}
   STEP=(--device cuda --model 1b --tokenizer "$TOKENIZER" --steps 50 --rounds 2 --warmup 3)
   PACKED=auto+packed+flex
-  FIT_MODEL=1b FIT_STEPS=20 FIT_PROBE_STEPS="[0, 10]" PROBE_ROWS=32
+  FIT_MODEL=1b FIT_STEPS=20 FIT_PROBE_STEPS="[0, 10]" PROBE_ROWS=32 FIT_BATCH=32
   FIT=(--trainer.accelerator gpu --trainer.precision bf16-true --model.tokenizer "$TOKENIZER")
   LIMITS=(90 120 110 70 90)  # seconds for the tests (with the first build of the CPU kernel, for the CPU
                              # references), the cost benchmark, the step table, packing and the fit: 480 s
@@ -74,7 +74,7 @@ else
   COST=(--device cpu --model small --lengths 64 --paddings none right --repeats 1)
   STEP=(--device cpu --model demo --steps 2 --rounds 2 --warmup 1)
   PACKED=auto+packed  # torch's flex attention has no backward on the CPU
-  FIT_MODEL=demo FIT_STEPS=2 FIT_PROBE_STEPS="[0, 1]" PROBE_ROWS=4
+  FIT_MODEL=demo FIT_STEPS=2 FIT_PROBE_STEPS="[0, 1]" PROBE_ROWS=4 FIT_BATCH=2
   FIT=(--trainer.accelerator cpu --trainer.precision 32-true --model.tokenizer byte)
   LIMITS=(600 600 600 600 600)  # the plumbing check may run on a slow, shared CPU
 fi
@@ -156,7 +156,7 @@ EOF
 done
 
 # 4. A fit under DeepSpeed ZeRO-2 with HeadActivationCallback, 5 probes.
-"$PY" - "$FIT_MODEL" "$FIT_STEPS" "$FIT_PROBE_STEPS" "$PROBE_ROWS" > "$WORK/fit.yaml" <<'EOF'
+"$PY" - "$FIT_MODEL" "$FIT_STEPS" "$FIT_PROBE_STEPS" "$PROBE_ROWS" "$FIT_BATCH" > "$WORK/fit.yaml" <<'EOF'
 import sys
 
 import yaml
@@ -164,7 +164,8 @@ import yaml
 sys.path.insert(0, "benchmarks")
 from step_overhead import MODELS
 
-config, dtype, data = MODELS[sys.argv[1]]
+config, dtype, _ = MODELS[sys.argv[1]]
+data = {**MODELS["1b"][2], "batch_size": int(sys.argv[5])}  # GSM8K rows at 512 tokens
 adapters = {"gsm8k": "gsm8k", "math": "math", "mmlu": "mmlu", "arc_challenge": "arc", "winogrande": "winogrande"}
 callback = {"class_path": "callbacks.HeadActivationCallback", "init_args": {
     "probes": {name: f"data/benchmarks/{name}.jsonl" for name in adapters}, "adapters": adapters,
@@ -176,7 +177,7 @@ print(yaml.safe_dump({
                 "enable_checkpointing": False, "limit_val_batches": 0, "log_every_n_steps": 5,
                 "callbacks": [callback]},
     "model": {"config": config, "dtype": dtype, "learning_rate": 1e-5, "warmup_steps": 1, "export_dir": None},
-    "data": {**data, "train": "data/benchmarks/gsm8k.jsonl", "adapter": "gsm8k", "val_fraction": 0},
+    "data": {**data, "val_fraction": 0},
 }))
 EOF
 START=$SECONDS
