@@ -11,8 +11,8 @@ there), `auto` is `Trainer(strategy="auto")`, `zero2` the project's DeepSpeed Ze
 has (TensorBoard logger, progress bar). `+packed` packs the examples into rows of `max_length`
 (`data.packing: true`), `+flex` trains with `attn_implementation="flex_attention"` instead of sdpa.
 
-After one untimed warm-up pass over every run, the runs take turns: `--rounds` rounds, each running every run for `--warmup` + `--steps / --rounds` steps,
-in reverse order every other round; only steps after each run's warm-up are timed (CUDA: by events on the
+After one untimed warm-up pass over every run, the runs take turns: `--rounds` rounds, each running every
+run for `--warmup` + `--steps / --rounds` steps, in reverse order every other round; only steps after each run's warm-up are timed (CUDA: by events on the
 stream, no host sync added; CPU: wall clock), and on CUDA the GPU's clocks are brought up first. Prints one
 row per run: median ms per 1,000 tokens (padded and real), the ratio to `bare`, MFU (6 x parameters x padded
 tokens per second over the rate of a large matmul measured at the start in the model's dtype) and peak CUDA
@@ -89,7 +89,8 @@ class StepClock(L.Callback):
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         self.clock.mark()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
