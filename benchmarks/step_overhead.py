@@ -12,9 +12,9 @@ has (TensorBoard logger, progress bar). `+packed` packs the examples into rows o
 (`data.packing: true`), `+flex` trains with `attn_implementation="flex_attention"` instead of sdpa.
 
 After one untimed warm-up pass over every run, the runs take turns: `--rounds` rounds, each running every
-run for `--warmup` + `--steps / --rounds` steps, in reverse order every other round; only steps after each run's warm-up are timed (CUDA: by events on the
-stream, no host sync added; CPU: wall clock), and on CUDA the GPU's clocks are brought up first. Prints one
-row per run: median ms per 1,000 tokens (padded and real), the ratio to `bare`, MFU (6 x parameters x padded
+run for `--warmup` + `--steps / --rounds` steps, in reverse order every other round; only steps after each
+run's warm-up are timed (CUDA: by events on the stream, no host sync added; CPU: wall clock), and on CUDA the
+GPU's clocks are brought up first. Prints one row per run: median ms per 1,000 tokens (padded and real), the ratio to `bare`, MFU (6 x parameters x padded
 tokens per second over the rate of a large matmul measured at the start in the model's dtype) and peak CUDA
 memory.
 """
