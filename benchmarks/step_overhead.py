@@ -14,9 +14,9 @@ has (TensorBoard logger, progress bar). `+packed` packs the examples into rows o
 After one untimed warm-up pass over every run, the runs take turns: `--rounds` rounds, each running every
 run for `--warmup` + `--steps / --rounds` steps, in reverse order every other round; only steps after each
 run's warm-up are timed (CUDA: by events on the stream, no host sync added; CPU: wall clock), and on CUDA the
-GPU's clocks are brought up first. Prints one row per run: median ms per 1,000 tokens (padded and real), the ratio to `bare`, MFU (6 x parameters x padded
-tokens per second over the rate of a large matmul measured at the start in the model's dtype) and peak CUDA
-memory.
+GPU's clocks are brought up first. Prints one row per run: median ms per 1,000 tokens (padded and real), the
+ratio to `bare`, MFU (6 x parameters x padded tokens per second over the rate of a large matmul measured at
+the start in the model's dtype) and peak CUDA memory.
 """
 
 import argparse
@@ -98,7 +98,7 @@ class StepClock(L.Callback):
 
 
 def matmul_rate(device: str, dtype: torch.dtype) -> float:
-    """FLOP/s of the best of 5 square matmuls (4096 on CUDA after 3 s of warm-up, 1024 on CPU) in `dtype`."""
+    """FLOP/s of the best of 5 square matmuls (8192 on CUDA after 3 s of warm-up, 1024 on CPU) in `dtype`."""
     size = 8192 if device == "cuda" else 1024
     a = torch.randn(size, size, device=device, dtype=dtype)
     if device == "cuda":  # an idle GPU sits at a low clock
