@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_sft.cpu_kernel import scored_attention_backward
+from lightning_sft.scorer.cpu_kernel import scored_attention_backward
 
 ROOT = Path(__file__).parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -53,8 +53,8 @@ def demo_variants(directory: Path, eval_every: int) -> dict[str, Path]:
         heads = [c for c in callbacks if c["class_path"] == CALLBACK]
         if len(heads) != 1:
             raise ValueError(f"{DEMO} must configure exactly one {CALLBACK}; it has {len(heads)}.")
-        if variant == VARIANTS[0]:
-            config["trainer"]["callbacks"] = []
+        if variant == VARIANTS[0]:  # the demo's checkpointing stays in every variant
+            config["trainer"]["callbacks"] = [c for c in callbacks if c["class_path"] != CALLBACK]
         elif variant == VARIANTS[2]:
             heads[0]["init_args"]["log_images"] = False
         elif variant == VARIANTS[3]:

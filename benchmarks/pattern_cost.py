@@ -16,7 +16,7 @@ Each measurement runs in its own subprocess, so its peak memory is its own: on C
 minus the peak before the measured work (after building the model and the batch), on CUDA peak allocated
 minus allocated before. Time is the fastest of `--repeats` runs after one warm-up run.
 
-    ours   lightning_sft.patterns.score_heads; `backward` says which backward ran: on CPU the C++ kernel
+    ours   lightning_sft.scorer.patterns.score_heads; `backward` says which backward ran: on CPU the C++ kernel
            (counted calls, one per layer) or the Python path, on CUDA sdpa + the Triton scoring kernel
            (counted calls)
     blocks (CUDA only) the same with the Python blocks of `head_scored_attention` instead of sdpa + Triton,
@@ -99,7 +99,7 @@ def naive_scores(model, batch) -> torch.Tensor:
 def counted_kernel_calls(device: torch.device) -> list:
     """Route the scorer's kernel (CPU: the C++ kernel if it builds; CUDA: the Triton one) through a counter;
     returns the list each call appends to."""
-    from lightning_sft import cpu_kernel, head_scored_attention
+    from lightning_sft.scorer import cpu_kernel, head_scored_attention
 
     calls = []
 
@@ -111,7 +111,7 @@ def counted_kernel_calls(device: torch.device) -> list:
         return counted
 
     if device.type == "cuda":
-        from lightning_sft import triton_scores
+        from lightning_sft.scorer import triton_scores
 
         triton_scores.add_head_scores = counting(triton_scores.add_head_scores)
         return calls
@@ -159,8 +159,8 @@ def training_step(model, batch) -> None:
 
 
 def measure(method: str, model_name: str, length: int, padding: str, device: torch.device, repeats: int) -> dict:
-    from lightning_sft import patterns
-    from lightning_sft.patterns import activation_pattern, score_heads
+    from lightning_sft.scorer import patterns
+    from lightning_sft.scorer.patterns import activation_pattern, score_heads
 
     model, batch = build(model_name, length, padding, device)
     calls = counted_kernel_calls(device) if method == "ours" else []

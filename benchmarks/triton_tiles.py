@@ -16,8 +16,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pattern_cost import MODELS, build, fastest, training_step  # noqa: E402
 
-from lightning_sft import triton_scores  # noqa: E402
-from lightning_sft.patterns import score_heads  # noqa: E402
+from lightning_sft.scorer import triton_scores  # noqa: E402
+from lightning_sft.scorer.patterns import score_heads  # noqa: E402
 
 TILES = [(64, 64, 4), (128, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8), (64, 32, 4)]
 
@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
-        import lightning_sft.patterns as patterns
+        import lightning_sft.scorer.patterns as patterns
 
         patterns._uses_triton = lambda *arguments: True  # the interpreter (TRITON_INTERPRET=1), for plumbing only
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'};"

@@ -1,32 +1,36 @@
 """HeadActivationCallback: head-activation patterns at chosen optimizer steps, logged and saved.
 
-At each scheduled step the callback scores every probe set with `lightning_sft.patterns.score_heads`
+At each scheduled step the callback scores every probe set with `lightning_sft.scorer.patterns.score_heads`
 (mean over examples of sum_ij |A_ij * dL/dA_ij| per head, a [num_layers, num_heads] pattern) and logs,
 with a TensorBoardLogger, each probe as its own run `<log_dir>/probe_<probe>/` (one colour per probe):
 
-    head_activation/{gini,cv,kurtosis,mean}   concentration (kurtosis: Pearson's, not excess)
-    head_drift/{pearson,mse}                   against the pattern at step 0 (the base model;
+    concentration/{gini,cv,kurtosis,mean}   concentration (kurtosis: Pearson's, not excess)
+    drift/{pearson,mse}                   against the pattern at step 0 (the base model;
                                                step 0 is always probed, whatever the schedule)
     head_probe/{loss,seconds}                  mean probe loss (nats/token), wall time of the probe
     histograms: head_activation/scores; at the end of training, images (at most 10 steps, step 0 and
     the last among them, colour limits fixed per probe): head_activation/{pattern,change}
 
 and in the logger's own run `head_similarity/<a>/<b>` (correlation of the two probes' pattern changes),
-the custom-scalars layout (one chart per statistic, a line per probe, `eval/.*` beside drift), and at
-the end the images head_similarity/change_correlation and head_drift/figure (Pearson and MSE against
+the custom-scalars layout (`loggers.scalars_layout`: one chart per statistic, a line per probe), and at
+the end the images head_similarity/change_correlation and drift/figure (Pearson and MSE against
 step, a line per probe). Other loggers get `<group>/<probe>/<statistic>` tags through `log_metrics`;
-and saves every pattern with `lightning_sft.storage.save_pattern` (read back with `load_patterns`).
+WandbLogger and MLFlowLogger also get the images, a probe's as `head_activation/<probe>/{pattern,change}`.
+Every pattern is saved with `lightning_sft.storage.save_pattern` (read back with `load_patterns`).
 
 One run keeps one patterns directory: a run resumed with `ckpt_path` restores the directory, its run id and
 the base patterns from the checkpoint and goes on writing there (not into the new `<log_dir>`), so the
 directory holds step 0 and every later step. A fresh run refuses a directory that already holds patterns.
+A checkpoint is untrusted: the restored directory is used only where it lies inside the trainer's
+`default_root_dir` (a run folder copied elsewhere writes to its copy, and says so), or where it is the
+`save_dir` passed; it must hold this run's id and, at step 0, the restored base patterns.
 """
 
 import struct
 import time
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +39,24 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
+from callbacks.loggers import IMAGE_LOGGERS, log_image, scalars_layout
 from callbacks.schedule import Schedule
 from lightning_sft import event_crc, stats
 from lightning_sft.data import collate_batches, load_examples
+from lightning_sft.labels import IGNORE_INDEX
 from lightning_sft.models import model_of, pad_token_id, tokenizer_for
-from lightning_sft.patterns import score_heads
+from lightning_sft.scorer.patterns import score_heads
 from lightning_sft.plots import CorrelationHeatmap, PatternHeatmap, drift_figure, figure_pixels, pattern_limits
-from lightning_sft.storage import INDEX_NAME, check_probe_name, load_index, save_pattern
+from lightning_sft.storage import (INDEX_NAME, check_probe_name, load_index, load_pattern_file, pattern_path,
+                                   save_pattern)
 
 ProbeSource = str | dict[str, Any] | list[dict[str, list[int]]]
-PER_PROBE_GROUPS = ("head_activation", "head_drift", "head_probe")  # tags <group>/<probe>/<statistic>
+PER_PROBE_GROUPS = ("concentration", "drift", "head_activation", "head_probe")  # tags <group>/<probe>/<statistic>
 MAX_IMAGE_STEPS = 10  # TensorBoard's default number of images kept per tag
 
 
@@ -136,7 +143,8 @@ class HeadActivationCallback(Callback):
         self.run_id: str | None = None  # names the run in the patterns index; restored on resume
         self._batches: dict[str, list[dict[str, torch.Tensor]]] = {}
         self._resolved_save_dir: Path | None = None
-        self._restored_save_dir: Path | None = None
+        self._restored: dict[str, str] | None = None  # the checkpoint's patterns directory and root directory
+        self._root_dir: Path | None = None
         # what `_log` kept for `_log_figures` (rank 0): probe -> step -> [num_layers, num_heads]
         self._logged_patterns: dict[str, dict[int, np.ndarray]] = {}
         self._logged_changes: dict[str, dict[int, np.ndarray]] = {}
@@ -162,6 +170,7 @@ class HeadActivationCallback(Callback):
             return
         event_crc.use_for_event_files()  # checksums of every event record from C (the end's images most)
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # trainer.log_dir: collective, all ranks
+        self._root_dir = Path(trainer.default_root_dir).resolve()
         self._resolved_save_dir = (Path(self.save_dir) if self.save_dir else log_dir / "head_patterns").absolute()
         for other in trainer.callbacks:
             if other is self or not isinstance(other, HeadActivationCallback):
@@ -206,6 +215,7 @@ class HeadActivationCallback(Callback):
     @override
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         # Here, not in setup: a checkpoint is restored after setup (under DeepSpeed after on_fit_start).
+        _check_vocabulary(self.probes, model_of(pl_module, self.model_attribute, "HeadActivationCallback"))
         self._open_store(trainer)
         self.schedule.warn_beyond(trainer, "probed")
         self._probe_if_due(trainer, pl_module)
@@ -226,12 +236,33 @@ class HeadActivationCallback(Callback):
             siblings = [other.run_id for other in trainer.callbacks
                         if isinstance(other, HeadActivationCallback) and other.run_id is not None]
             self.run_id = siblings[0] if siblings else trainer.strategy.broadcast(uuid.uuid4().hex, src=0)
-        elif self.save_dir is None and self._restored_save_dir is not None:
-            self._resolved_save_dir = self._restored_save_dir
+        elif self.save_dir is None and self._restored is not None:
+            self._resolved_save_dir = self._restored_store(trainer)
         problem = self._store_problem() if trainer.is_global_zero else None
         problem = trainer.strategy.broadcast(problem, src=0)
         if problem is not None:
             raise ValueError(problem)
+
+    def _restored_store(self, trainer: "L.Trainer") -> Path:
+        """The patterns directory of a resumed run without `save_dir`: the checkpoint's, where it lies inside
+        this run's `default_root_dir`; else the same place inside this root when the run folder was copied or
+        moved there; refused otherwise (a checkpoint does not choose where a run writes)."""
+        root = Path(trainer.default_root_dir).resolve()
+        restored, old_root = Path(self._restored["save_dir"]), self._restored.get("root_dir")
+        if root in restored.resolve().parents:
+            return restored
+        if old_root is not None and Path(old_root) in restored.parents and ".." not in restored.parts:
+            moved = root / restored.relative_to(old_root)
+            if (moved / INDEX_NAME).is_file():
+                rank_zero_info(f"HeadActivationCallback: the checkpoint's patterns directory {restored} lies outside "
+                               f"this run's default_root_dir {root}; this resumed run writes its patterns to {moved}.")
+                return moved
+        raise ValueError(
+            f"HeadActivationCallback: the checkpoint {trainer.ckpt_path} names the patterns directory {restored}, "
+            f"which lies outside this run's default_root_dir {root} (and {root} holds no copy of it); a checkpoint "
+            f"does not choose where a run writes. Pass save_dir= the directory holding this run's patterns (run id "
+            f"{self.run_id}), or default_root_dir= the folder of the run the checkpoint belongs to."
+        )
 
     def _store_problem(self) -> str | None:
         """Why the patterns directory cannot take this run's patterns, or None when it can."""
@@ -247,12 +278,29 @@ class HeadActivationCallback(Callback):
             recorded = load_index(directory).get("run_id")
         except ValueError as error:
             return f"HeadActivationCallback: {error}"
-        if recorded == self.run_id:
-            return None
-        return (
-            f"HeadActivationCallback: {directory} already holds the patterns of another run (run id {recorded}); "
-            f"this run (run id {self.run_id}) would mix with them. Pass a new save_dir, or remove that directory."
-        )
+        if recorded != self.run_id:
+            return (
+                f"HeadActivationCallback: {directory} already holds the patterns of another run (run id {recorded}); "
+                f"this run (run id {self.run_id}) would mix with them. Pass a new save_dir, or remove that directory."
+            )
+        return self._base_problem(directory) if self.done_steps else None
+
+    def _base_problem(self, directory: Path) -> str | None:
+        """Why the restored base patterns are not the step-0 patterns saved in `directory`, or None."""
+        for name in self.probes:
+            path = pattern_path(directory, name, 0)
+            try:
+                saved = load_pattern_file(path)["pattern"] if path.is_file() else None
+            except ValueError as error:
+                return f"HeadActivationCallback: {error}"
+            restored = self.base_patterns.get(name)
+            if saved is None or restored is None or not torch.equal(saved, restored):
+                return (
+                    f"HeadActivationCallback: the checkpoint's base pattern of probe {name!r} is not the step-0 "
+                    f"pattern {path} of this run; drift is measured from step 0 only. Resume from a checkpoint of "
+                    "this run, or start the run from step 0."
+                )
+        return None
 
     @override
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", *args: Any) -> None:
@@ -320,12 +368,12 @@ class HeadActivationCallback(Callback):
     ) -> dict[str, float]:
         values = pattern.numpy()
         return {
-            f"head_activation/{name}/gini": stats.gini(values),
-            f"head_activation/{name}/cv": stats.coefficient_of_variation(values),
-            f"head_activation/{name}/kurtosis": stats.kurtosis(values),
-            f"head_activation/{name}/mean": float(values.mean()),
-            f"head_drift/{name}/pearson": stats.pearson(values, base.numpy()),
-            f"head_drift/{name}/mse": stats.mse(values, base.numpy()),
+            f"concentration/{name}/gini": stats.gini(values),
+            f"concentration/{name}/cv": stats.coefficient_of_variation(values),
+            f"concentration/{name}/kurtosis": stats.kurtosis(values),
+            f"concentration/{name}/mean": float(values.mean()),
+            f"drift/{name}/pearson": stats.pearson(values, base.numpy()),
+            f"drift/{name}/mse": stats.mse(values, base.numpy()),
             f"head_probe/{name}/loss": float(losses.mean()),
             f"head_probe/{name}/seconds": seconds,
         }
@@ -338,14 +386,14 @@ class HeadActivationCallback(Callback):
         """Scalars and histograms now; heatmaps and the drift figure are kept for `_log_figures` at the end.
 
         With a TensorBoardLogger each probe's scalars go to its own run `<log_dir>/probe_<name>/` under
-        the probe-free tags of the saved index (`head_drift/pearson`, ...), so TensorBoard draws one
+        the probe-free tags of the saved index (`drift/pearson`, ...), so TensorBoard draws one
         colour per probe; other loggers get every tag through `log_metrics`.
         """
         for name, pattern in patterns.items():
             self._logged_patterns.setdefault(name, {})[step] = pattern.numpy()
             self._logged_changes.setdefault(name, {})[step] = changes[name]
-            self._drift.setdefault(name, {})[step] = (metrics[f"head_drift/{name}/pearson"],
-                                                      metrics[f"head_drift/{name}/mse"])
+            self._drift.setdefault(name, {})[step] = (metrics[f"drift/{name}/pearson"],
+                                                      metrics[f"drift/{name}/mse"])
         if correlation is not None:
             self._correlations[step] = correlation
         for logger in trainer.loggers:
@@ -355,7 +403,7 @@ class HeadActivationCallback(Callback):
             shared = {tag: value for tag, value in metrics.items() if _probe_of(tag, patterns) is None}
             logger.log_metrics(shared, step=step)
             if logger.log_dir not in self._layouts_written:  # the first log of this run, resumed ones too
-                logger.experiment.add_custom_scalars(drift_layout())
+                logger.experiment.add_custom_scalars(scalars_layout(trainer.callbacks))
                 self._layouts_written.add(logger.log_dir)
             for name, pattern in patterns.items():
                 writer = self._probe_writer(logger, name)
@@ -377,52 +425,60 @@ class HeadActivationCallback(Callback):
     def _log_figures(self, trainer: "L.Trainer") -> None:
         """Heatmaps at up to `MAX_IMAGE_STEPS` of the logged steps, and the drift figure, then closes writers.
 
-        Drawn once all steps are known, so each probe's colour limits span all its drawn steps (colours
-        compare across steps) and step 0 and the last step are always among the drawn ones. Each probe's
-        heatmap is rendered once per kind; its frames only colour the cells (`plots.PatternHeatmap`).
+        TensorBoard gets each probe's heatmaps in its own run, W&B and MLflow as `head_activation/<probe>/<kind>`
+        (`loggers.log_image`). Drawn once all steps are known, so each probe's colour limits span all its
+        drawn steps (colours compare across steps) and step 0 and the last step are always among the drawn ones.
         """
-        for logger in trainer.loggers:
-            if not isinstance(logger, TensorBoardLogger) or not self._logged_patterns:
-                continue
-            if self.log_images:
-                shape = tuple(next(iter(self.base_patterns.values())).shape)  # every probe's [layers, heads]
-                heatmaps = {kind: PatternHeatmap(shape, diverging=kind == "change") for kind in ("pattern", "change")}
-                for name, by_step in self._logged_patterns.items():
-                    writer = self._probe_writer(logger, name)
-                    steps = image_steps(sorted(by_step))
-                    changed = [s for s in steps if np.ptp(self._logged_changes[name][s]) > 0]
-                    for kind, values, drawn, title in (
-                        ("pattern", by_step, steps, f"{name}: head activation"),
-                        ("change", self._logged_changes[name], changed, f"{name}: change since step 0"),
-                    ):
-                        if not drawn:
-                            continue
-                        heatmaps[kind].draw(pattern_limits([values[s] for s in drawn], diverging=kind == "change"),
-                                            title)
-                        for step in drawn:
-                            add_png(writer, f"head_activation/{kind}", heatmaps[kind].frame(values[step]), step)
-                    writer.flush()
-                if self._correlations:
-                    steps = image_steps(sorted(self._correlations))
-                    heatmap = CorrelationHeatmap(self._correlations[steps[0]][0])
-                    for step in steps:
-                        add_png(logger.experiment, "head_similarity/change_correlation", heatmap.frame(
-                            self._correlations[step][1], f"correlation of pattern changes, step {step}"), step)
-                last_step = max(max(by_step) for by_step in self._drift.values())
-                add_png(logger.experiment, "head_drift/figure", figure_pixels(drift_figure(self._drift)), last_step)
-            logger.experiment.flush()
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, IMAGE_LOGGERS)]
+        if self.log_images and loggers and self._logged_patterns:
+            for probe, tag, step, pixels in self._images():
+                for logger in loggers:
+                    if isinstance(logger, TensorBoardLogger):
+                        add_png(self._probe_writer(logger, probe) if probe else logger.experiment, tag, pixels, step)
+                    else:
+                        log_image(logger, tag.replace("/", f"/{probe}/", 1) if probe else tag, pixels, step)
+        for logger in loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.flush()
         for writer in self._writers.values():
             writer.close()
         for kept in (self._writers, self._logged_patterns, self._logged_changes, self._drift, self._correlations):
             kept.clear()  # a later fit with this callback draws its own steps only
 
+    def _images(self) -> Iterator[tuple[str | None, str, int, np.ndarray]]:
+        """(probe or None, tag, step, RGB pixels) of every image: each probe's heatmaps (rendered once per
+        kind; frames only colour the cells, `plots.PatternHeatmap`), the change correlations, the drift figure."""
+        shape = tuple(next(iter(self.base_patterns.values())).shape)  # every probe's [layers, heads]
+        heatmaps = {kind: PatternHeatmap(shape, diverging=kind == "change") for kind in ("pattern", "change")}
+        for name, by_step in self._logged_patterns.items():
+            steps = image_steps(sorted(by_step))
+            changed = [s for s in steps if np.ptp(self._logged_changes[name][s]) > 0]
+            for kind, values, drawn, title in (
+                ("pattern", by_step, steps, f"{name}: head activation"),
+                ("change", self._logged_changes[name], changed, f"{name}: change since step 0"),
+            ):
+                if not drawn:
+                    continue
+                heatmaps[kind].draw(pattern_limits([values[s] for s in drawn], diverging=kind == "change"), title)
+                for step in drawn:
+                    yield name, f"head_activation/{kind}", step, heatmaps[kind].frame(values[step])
+        if self._correlations:
+            steps = image_steps(sorted(self._correlations))
+            heatmap = CorrelationHeatmap(self._correlations[steps[0]][0])
+            for step in steps:
+                yield None, "head_similarity/change_correlation", step, heatmap.frame(
+                    self._correlations[step][1], f"correlation of pattern changes, step {step}")
+        last_step = max(max(by_step) for by_step in self._drift.values())
+        yield None, "drift/figure", last_step, figure_pixels(drift_figure(self._drift))
+
     # The state goes into the checkpoint from on_save_checkpoint, not by overriding `state_dict`: Lightning
     # checks at Trainer construction that callbacks overriding `state_dict` have distinct state keys, with a
     # generic message; two callbacks with the same key get setup's message, which says what to change.
     def checkpoint_state(self) -> dict[str, Any]:
-        """What a checkpoint keeps: base patterns, probed steps, run id and patterns directory."""
+        """What a checkpoint keeps: base patterns, probed steps, run id, patterns directory and the trainer's
+        `default_root_dir` (to find the directory in a copy of the run folder)."""
         return {"base_patterns": dict(self.base_patterns), "done_steps": list(self.done_steps),
-                "run_id": self.run_id, "save_dir": str(self._resolved_save_dir)}
+                "run_id": self.run_id, "save_dir": str(self._resolved_save_dir), "root_dir": str(self._root_dir)}
 
     @override
     def on_save_checkpoint(self, trainer: "L.Trainer", pl_module: "L.LightningModule", checkpoint: dict) -> None:
@@ -433,17 +489,38 @@ class HeadActivationCallback(Callback):
         self.base_patterns = dict(state_dict["base_patterns"])
         self.done_steps = list(state_dict["done_steps"])
         self.run_id = state_dict["run_id"]
-        self._restored_save_dir = Path(state_dict["save_dir"])
+        self._restored = {key: state_dict[key] for key in ("save_dir", "root_dir") if key in state_dict}
+
+
+def _token_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(token, int) and not isinstance(token, bool) for token in value)
 
 
 def _checked_example(index: int, row: Any) -> dict[str, list[int]]:
-    if not isinstance(row, Mapping) or "input_ids" not in row or "labels" not in row:
-        raise ValueError(f"pre-tokenized example {index} needs 'input_ids' and 'labels' lists")
+    if not isinstance(row, Mapping) or not all(_token_list(row.get(key)) for key in ("input_ids", "labels")):
+        has = sorted(row) if isinstance(row, Mapping) else f"a {type(row).__name__}"
+        raise ValueError(f"pre-tokenized example {index} needs 'input_ids' and 'labels' lists of integers (labels"
+                         f" {IGNORE_INDEX} where unsupervised); it has {has}")
     if len(row["input_ids"]) != len(row["labels"]):
         raise ValueError(
             f"pre-tokenized example {index}: {len(row['input_ids'])} input_ids but {len(row['labels'])} labels"
         )
     return {"input_ids": list(row["input_ids"]), "labels": list(row["labels"])}
+
+
+def _check_vocabulary(probes: Mapping[str, ProbeSource], model: Any) -> None:
+    """Refuse a pre-tokenized token id (or label) outside the model's vocabulary, which would fail inside the
+    embedding lookup (on a GPU as a device-side assert) at the first probe."""
+    size = model.get_input_embeddings().num_embeddings
+    for name, source in probes.items():
+        for index, row in enumerate(source if isinstance(source, list) else []):
+            labels = [label for label in row["labels"] if label != IGNORE_INDEX]
+            if outside := [token for token in row["input_ids"] + labels if not 0 <= token < size]:
+                raise ValueError(
+                    f"probe set {name!r} ({_describe(source)}): pre-tokenized example {index} holds token id"
+                    f" {outside[0]}, outside the model's vocabulary of {size} ids (0 to {size - 1}); tokenize it"
+                    " with this model's tokenizer"
+                )
 
 
 def _describe(source: ProbeSource) -> str:
@@ -503,22 +580,3 @@ def image_steps(steps: list[int]) -> list[int]:
     if len(steps) <= MAX_IMAGE_STEPS:
         return list(steps)
     return [steps[i] for i in np.linspace(0, len(steps) - 1, MAX_IMAGE_STEPS).round().astype(int)]
-
-
-def drift_layout() -> dict[str, Any]:
-    """TensorBoard custom-scalars layout: one chart per statistic, one line per probe run (and eval task).
-
-    `eval/.*` sits beside drift so that a task's accuracy reads against its pattern's drift.
-    """
-    return {
-        "head_drift": {
-            "pearson vs base": ["Multiline", [r"^head_drift/pearson$"]],
-            "mse vs base": ["Multiline", [r"^head_drift/mse$"]],
-            "eval accuracy": ["Multiline", [r"^eval/.*"]],
-        },
-        "head_activation": {
-            statistic: ["Multiline", [rf"^head_activation/{statistic}$"]]
-            for statistic in ("gini", "cv", "kurtosis", "mean")
-        },
-        "head_probe": {"probe loss": ["Multiline", [r"^head_probe/loss$"]]},
-    }

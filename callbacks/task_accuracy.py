@@ -1,9 +1,10 @@
 """TaskAccuracyCallback: task accuracy (lm-evaluation-harness definitions) at chosen optimizer steps, logged as
-`eval/<task>/<metric>` beside the head-activation curves.
+`eval/<task>/<metric>` beside the head-activation curves, and its standard error as `eval_stderr/<task>/<metric>`.
 
 At each scheduled step every task is evaluated with `lightning_sft.evaluation.evaluate` (multiple choice by
 log-likelihood: `acc`, `acc_norm`; generation by exact match) and the metrics go to every logger. With
-TensorBoard, a custom-scalars chart puts every task's accuracy beside every probe's drift.
+TensorBoard, a custom-scalars chart puts every task's accuracy beside every probe's drift (with a
+HeadActivationCallback; `loggers.scalars_layout`).
 """
 
 from collections.abc import Mapping
@@ -15,12 +16,19 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
-from callbacks.head_activation import drift_layout
+from callbacks.loggers import scalars_layout
 from callbacks.schedule import Schedule
 from lightning_sft.evaluation import TaskData, evaluate, get_task, load_task
 from lightning_sft.models import model_of, tokenizer_for
 
 TaskSource = str | dict[str, Any]
+
+
+def _tag(task: str, metric: str) -> str:
+    """`eval/<task>/<metric>`; a standard error as `eval_stderr/<task>/<metric>`, off the accuracy chart."""
+    if metric.endswith("_stderr"):
+        return f"eval_stderr/{task}/{metric.removesuffix('_stderr')}"
+    return f"eval/{task}/{metric}"
 
 
 class TaskAccuracyCallback(Callback):
@@ -129,7 +137,8 @@ class TaskAccuracyCallback(Callback):
         for name, data in self._data.items():
             results = evaluate(model, self._tokenizer, data, batch_size=self.batch_size,
                                max_new_tokens=self.max_new_tokens)
-            metrics.update({f"eval/{name}/{metric}": value for metric, value in results.items() if metric != "n"})
+            metrics.update({_tag(name, metric): value for metric, value in results.items()
+                            if metric != "n" and value is not None})  # a stderr is None for one example
         self.done_steps.append(trainer.global_step)
         self._log(trainer, trainer.global_step, metrics)
 
@@ -138,9 +147,8 @@ class TaskAccuracyCallback(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, TensorBoardLogger):
-                # TensorBoard shows one layout per run (the last written): both callbacks write this same one,
-                # whose "eval accuracy" chart sits beside the drift charts
-                logger.experiment.add_custom_scalars(drift_layout())
+                # TensorBoard shows one layout per run (the last written): both callbacks write this same one
+                logger.experiment.add_custom_scalars(scalars_layout(trainer.callbacks))
             logger.save()
 
     @override

@@ -1,9 +1,15 @@
 """lightning-sft: full-parameter SFT of Hugging Face causal LMs with head-activation monitoring.
 
 `SFTModule` and `SFTDataModule` are imported lazily, so `lightning_sft.stats` stays a numpy/scipy-only import.
+Importing the package first checks the installed versions of its dependencies against the ranges it declares
+(`lightning_sft.versions`): one outside them raises `UnsupportedVersion` (an ImportError) in one line.
 """
 
 from typing import Any
+
+from lightning_sft.versions import require_supported_versions
+
+require_supported_versions()
 
 __all__ = ["SFTDataModule", "SFTModule"]
 

@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+from lightning_sft.command_line import check_output_dir
 from lightning_sft.storage import atomic_write_text
 
 LETTERS = "abcdefgh"
@@ -70,11 +71,15 @@ def generate(out: Path, train_per_task: int = 1500, probe_per_task: int = 32, se
     return [out / "train.jsonl", *written]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo/data"), help="output directory")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    try:
+        check_output_dir(args.out)
+    except ValueError as error:
+        parser.exit(1, f"error: {error}\n")
     for path in generate(args.out, seed=args.seed):
         print(path)
 

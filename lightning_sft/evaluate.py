@@ -4,7 +4,8 @@ r"""Evaluate a saved model on tasks and print a markdown table (lm-evaluation-ha
         --task arc_challenge=data/benchmarks/arc_challenge.jsonl --task gsm8k=data/benchmarks/gsm8k.jsonl \
         [--num-fewshot 5 --fewshot mmlu=data/mmlu_dev.jsonl] [--out results.json]
 
-`--out` writes {task: {metric: value, ..., "n": examples}} as JSON. Tasks: see `lightning_sft.evaluation.tasks`.
+`--out` writes {task: {metric: value, metric_stderr: its standard error (lm-eval's, null for one example), ...,
+"n": examples}} as JSON. Tasks: see `lightning_sft.evaluation.tasks`.
 """
 
 import argparse
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from lightning_sft.command_line import check_output_file, non_negative_int, positive_int
 from lightning_sft.evaluation import evaluate, get_task, load_task
 from lightning_sft.models import DTYPES, load_model, load_tokenizer
 from lightning_sft.storage import atomic_write_text
@@ -33,12 +35,15 @@ def _assignments(values: list[str], option: str) -> dict[str, str]:
     return parsed
 
 
-def markdown_table(results: dict[str, dict[str, float]]) -> str:
-    """One row per task and metric: | task | metric | value | n |."""
-    lines = ["| task | metric | value | n |", "|---|---|---|---|"]
+def markdown_table(results: dict[str, dict[str, float | int | None]]) -> str:
+    """One row per task and metric: | task | metric | value | stderr | n | (stderr "n/a" for one example)."""
+    lines = ["| task | metric | value | stderr | n |", "|---|---|---|---|---|"]
     for task, metrics in results.items():
-        lines += [f"| {task} | {metric} | {value:.4f} | {metrics['n']} |"
-                  for metric, value in metrics.items() if metric != "n"]
+        for metric, value in metrics.items():
+            if metric != "n" and not metric.endswith("_stderr"):
+                stderr = metrics[f"{metric}_stderr"]
+                lines.append(f"| {task} | {metric} | {value:.4f} | {'n/a' if stderr is None else f'{stderr:.4f}'}"
+                             f" | {metrics['n']} |")
     return "\n".join(lines)
 
 
@@ -49,14 +54,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", action="append", required=True, metavar="TASK=FILE", help="task and its rows")
     parser.add_argument("--fewshot", action="append", default=[], metavar="TASK=FILE",
                         help="rows the few-shot examples of TASK are drawn from (with --num-fewshot)")
-    parser.add_argument("--num-fewshot", type=int, default=0, help="solved examples before each one (default 0)")
-    parser.add_argument("--batch-size", type=int, default=8, help="examples per forward pass")
-    parser.add_argument("--max-examples", type=int, default=None, help="the first N rows of each task")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="generation bound (default: the task's)")
+    parser.add_argument("--num-fewshot", type=non_negative_int, default=0,
+                        help="solved examples before each one (default 0)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="examples per forward pass")
+    parser.add_argument("--max-examples", type=positive_int, default=None, help="the first N rows of each task")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help="generation bound (default: the task's)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument("--out", type=Path, default=None, help="results.json to write")
     args = parser.parse_args(argv)
     try:
+        if args.out is not None:
+            check_output_file(args.out)
         tasks = _assignments(args.task, "--task")
         fewshot = _assignments(args.fewshot, "--fewshot")
         if unknown := sorted(set(fewshot) - set(tasks)):

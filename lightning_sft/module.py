@@ -23,6 +23,7 @@ from lightning_sft.precision import warn_if_cpu_bf16_is_slow
 from lightning_sft.tokenizer import byte_tokenizer
 
 BYTE_TOKENIZER = "byte"
+EXPORT_MARKER = "lightning_sft_export.txt"  # written into every export: what an export may replace
 
 
 class SFTModule(L.LightningModule):
@@ -49,7 +50,9 @@ class SFTModule(L.LightningModule):
         min_lr_ratio: final learning rate as a fraction of `learning_rate`.
         gradient_checkpointing: recompute activations in backward (less memory, ~30% more time).
         export_dir: where the trained model is saved in Hugging Face format at the end of fit,
-            relative to the run's log directory; None skips the export.
+            relative to the run's log directory; None skips the export. It may only replace an earlier
+            export (a folder holding `EXPORT_MARKER`): any other existing path, a link, or the run's folder
+            or one above it is refused when fit starts.
     """
 
     def __init__(
@@ -108,6 +111,11 @@ class SFTModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if isinstance(self.trainer.accelerator, CPUAccelerator):
             warn_if_cpu_bf16_is_slow(self.trainer.precision, self.hparams.dtype)
+        if stage == "fit" and self.hparams.export_dir is not None:
+            refuse_unsafe_export(self.trainer, self._export_path())  # before training, not after it
+
+    def _export_path(self) -> Path:
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / self.hparams.export_dir
 
     @override
     def configure_model(self) -> None:
@@ -192,7 +200,7 @@ class SFTModule(L.LightningModule):
     @override
     def on_fit_end(self) -> None:
         if self.hparams.export_dir is not None:
-            export_hf(self, Path(self.trainer.log_dir or self.trainer.default_root_dir) / self.hparams.export_dir)
+            export_hf(self, self._export_path())
 
 
 def _offloads_optimizer(strategy: Any) -> bool:
@@ -212,15 +220,41 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str,
     return min_ratio + (1 - min_ratio) * shape
 
 
+def export_problem(directory: Path, log_dir: Path) -> str | None:
+    """Why exporting into `directory` would destroy something of the run logging to `log_dir` or of the user,
+    or None when `directory` is new or an earlier export."""
+    place = f"SFTModule: export_dir {directory}"
+    if directory.is_symlink():
+        return f"{place} is a symbolic link; pass the folder itself, or a new folder, as export_dir."
+    target, run = directory.resolve(), log_dir.resolve()
+    if target == run or target in run.parents:
+        return f"{place} is the run's folder {log_dir} or a folder above it; pass a new folder such as hf_export."
+    if directory.exists() and not (directory / EXPORT_MARKER).is_file():
+        return (f"{place} exists and is not an earlier export of lightning-sft (it has no {EXPORT_MARKER}); the export "
+                "would replace its contents. Pass a new folder as export_dir, or move that one away yourself.")
+    return None
+
+
+def refuse_unsafe_export(trainer: L.Trainer, directory: Path) -> None:
+    """Raises `export_problem`'s ValueError, decided on rank 0, on every rank."""
+    log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # trainer.log_dir: collective, all ranks
+    problem = export_problem(directory, log_dir) if trainer.is_global_zero else None
+    problem = trainer.strategy.broadcast(problem, src=0)
+    if problem is not None:
+        raise ValueError(problem)
+
+
 def export_hf(module: SFTModule, directory: Path) -> None:
     """Saves model + tokenizer with `save_pretrained` (safetensors) into `directory`, atomically.
 
     Written into a staging folder beside `directory` (mode from the umask, as `mkdir` gives), which a failure
     removes; then the old export is renamed aside, the new one renamed in, and only then the old one deleted,
-    so `directory` always holds one whole export. Under ZeRO-3 every rank takes part in gathering the
+    so `directory` always holds one whole export. Only a new folder or an earlier export (`EXPORT_MARKER`) is
+    replaced (`export_problem`, ValueError otherwise). Under ZeRO-3 every rank takes part in gathering the
     partitioned weights; rank 0 writes.
     """
     trainer = module.trainer
+    refuse_unsafe_export(trainer, directory)
     engine = getattr(trainer.strategy, "deepspeed_engine", None)
     state_dict = None
     if engine is not None and engine.zero_optimization_partition_weights():
@@ -237,6 +271,7 @@ def export_hf(module: SFTModule, directory: Path) -> None:
                               if key.startswith("model.")}
             module.model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
             module.tokenizer.save_pretrained(staging)
+            (staging / EXPORT_MARKER).write_text("A Hugging Face export of lightning-sft: a later one replaces it.\n")
             _swap_in(staging, directory)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -259,5 +294,5 @@ def _swap_in(new: Path, directory: Path) -> None:
     else:
         os.replace(new, directory)
     for old in directory.parent.glob(f".{directory.name}.old-*"):
-        shutil.rmtree(old)
+        old.unlink() if old.is_symlink() else shutil.rmtree(old)  # a link: left by a swap of an older version
 

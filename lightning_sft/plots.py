@@ -16,8 +16,11 @@ matplotlib.rcParams["axes.unicode_minus"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.artist import Artist  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.textpath import TextPath  # noqa: E402
 
 from lightning_sft.stats import CompositionFit  # noqa: E402
 from lightning_sft.storage import atomic_write_bytes  # noqa: E402
@@ -172,7 +175,7 @@ def pattern_limits(patterns: Sequence[np.ndarray], *, diverging: bool = False) -
 
 
 class CorrelationHeatmap(RedrawnFigure):
-    """Annotated [P, P] correlation matrix in [-1, 1] with the probe names on both axes.
+    """Annotated [P, P] correlation matrix in [-1, 1] with the probe names on both axes, in their colours.
 
     `frame(matrix, title)` returns the RGB pixels of one frame; `correlation_heatmap` draws one figure.
     """
@@ -184,6 +187,9 @@ class CorrelationHeatmap(RedrawnFigure):
         self.image = axes.imshow(np.zeros((size, size)), cmap="RdBu_r", vmin=-1, vmax=1)
         axes.set_xticks(range(size), names, rotation=45, ha="right")
         axes.set_yticks(range(size), names)
+        colours = probe_colours(names)
+        for label in [*axes.get_xticklabels(), *axes.get_yticklabels()]:
+            label.set_color(colours[label.get_text()])  # as its line in the drift figure
         self.texts = [[axes.text(column, row, "-0.00", ha="center", va="center", fontsize=8)
                        for column in range(size)] for row in range(size)]
         self.title = axes.set_title(" ", fontsize=10)
@@ -218,9 +224,9 @@ def correlation_heatmap(names: Sequence[str], matrix: np.ndarray, title: str) ->
 
 
 def save_figure(figure: Figure, path: str | Path) -> Path:
-    """Write `figure` as a PNG (100 dpi) atomically and close it."""
+    """Write `figure` as a PNG at its own dpi (100, or 200 for the drift figure) atomically and close it."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    figure.savefig(buffer, format="png", dpi="figure")
     plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
@@ -233,34 +239,72 @@ def crowds_start(steps: Sequence[int]) -> bool:
     return len(positive) >= 3 and float(np.median(positive)) < 0.1 * positive[-1]
 
 
+def probe_colours(names: Sequence[str]) -> dict[str, str]:
+    """The project's colour of each probe in every figure: matplotlib's tab10, in sorted name order.
+
+    TensorBoard colours its runs in its browser page (by run order, changeable there), so its colours are
+    not matched; sorting the names gives a probe the same colour in the callback's figures, the analysis
+    figures and every logger, whatever order the probes were given in.
+    """
+    palette = matplotlib.colormaps["tab10"].colors
+    return {name: to_hex(palette[i % len(palette)]) for i, name in enumerate(sorted(names))}
+
+
+CARD_WIDTH = 3.4  # inches at 100 px per inch: the width of TensorBoard's image card (about 340 px)
+
+
 def drift_figure(drift: Mapping[str, Mapping[int, tuple[float, float]]]) -> Figure:
     """Two panels over optimizer steps (Figure 5): Pearson r and MSE of each probe's pattern vs its base.
 
-    `drift` = {probe: {step: (pearson, mse)}}, one line per probe. The step axis is symlog (linear
-    up to 1, so step 0 shows) when the steps crowd the start of a linear axis (`crowds_start`).
+    `drift` = {probe: {step: (pearson, mse)}}, one line per probe in its `probe_colours` colour. Drawn to
+    be read at TensorBoard's image-card width (`CARD_WIDTH`; 200 dpi, so twice as many pixels): panels
+    stacked, fonts of 7-8 pt. The step axis is symlog (linear up to 1, so step 0 shows) when the steps
+    crowd the start of a linear axis (`crowds_start`), ticked at the probed steps whose labels fit.
     """
-    figure = Figure(figsize=(11, 4.2), dpi=100)  # fixed margins: a layout engine would double the drawing time
-    pearson_axes, mse_axes = figure.subplots(1, 2, gridspec_kw={"left": 0.07, "right": 0.99, "bottom": 0.16,
-                                                                "top": 0.92, "wspace": 0.22})
-    all_steps = []
-    for probe, by_step in drift.items():
+    colours = probe_colours(list(drift))
+    legend_rows = -(-len(drift) // 3)
+    height = 4.1 + 0.17 * legend_rows
+    figure = Figure(figsize=(CARD_WIDTH, height), dpi=200)  # fixed margins: no layout engine
+    pearson_axes, mse_axes = figure.subplots(2, 1, sharex=True, gridspec_kw={
+        "left": 0.62 / CARD_WIDTH, "right": 1 - 0.12 / CARD_WIDTH, "top": 1 - 0.08 / height,
+        "bottom": (0.5 + 0.17 * legend_rows) / height, "hspace": 0.08})
+    for probe in sorted(drift):
+        by_step = drift[probe]
         steps = sorted(by_step)
-        all_steps += steps
-        pearson_axes.plot(steps, [by_step[step][0] for step in steps], marker="o", markersize=3, label=probe)
-        mse_axes.plot(steps, [by_step[step][1] for step in steps], marker="o", markersize=3, label=probe)
+        for axes, column in ((pearson_axes, 0), (mse_axes, 1)):
+            axes.plot(steps, [by_step[step][column] for step in steps], marker="o", markersize=2.5, linewidth=1.2,
+                      color=colours[probe], label=probe)
+    all_steps = sorted({step for by_step in drift.values() for step in by_step})
     log_steps = crowds_start(all_steps)
-    for axes, label in ((pearson_axes, "Pearson r with the base pattern"), (mse_axes, "MSE to the base pattern")):
-        if log_steps:
-            axes.set_xscale("symlog", linthresh=1)
-            axes.set_xticks(sorted(set(all_steps)), [str(step) for step in sorted(set(all_steps))], rotation=45)
-            axes.minorticks_off()
-        axes.set_xlabel("optimizer step" + (" (symlog)" if log_steps else ""))
-        axes.set_ylabel(label)
+    for axes, label in ((pearson_axes, "Pearson r with step 0"), (mse_axes, "MSE to step 0")):
+        axes.set_ylabel(label, fontsize=8)
+        axes.tick_params(labelsize=7)
+        axes.yaxis.get_offset_text().set_fontsize(7)
         axes.grid(alpha=0.3)
-    pearson_axes.set_title("Similarity to the base pattern (scale-free)")
-    mse_axes.set_title("Distance from the base pattern (scale and shape)")
-    mse_axes.legend(fontsize=8, title="probe", title_fontsize=8, loc="best")
+    if log_steps:
+        mse_axes.set_xscale("symlog", linthresh=1)
+        mse_axes.minorticks_off()
+        shown = fitting_ticks(mse_axes, all_steps, fontsize=7)
+        mse_axes.set_xticks(shown, [str(step) for step in shown])
+    mse_axes.set_xlabel("optimizer step" + (" (symlog)" if log_steps else ""), fontsize=8)
+    figure.legend(*pearson_axes.get_legend_handles_labels(), loc="lower center", ncols=min(3, len(drift)),
+                  fontsize=7, frameon=False, borderaxespad=0.2, handlelength=1.5, columnspacing=1.0)
     return figure
+
+
+def fitting_ticks(axes: Axes, steps: Sequence[int], fontsize: float) -> list[int]:
+    """The `steps` whose labels, centred under their ticks on `axes`' x-axis (its limits and scale as
+    they stand), do not overlap: kept from the last step leftwards, so the last step is always labelled."""
+    text_width = {step: TextPath((0, 0), str(step), size=fontsize).get_extents().width
+                  * axes.figure.dpi / 72 for step in steps}  # points to pixels
+    axes.set_xlim(*axes.get_xlim())  # autoscaled now, before the positions are read
+    position = {step: axes.transData.transform((step, 0))[0] for step in steps}
+    gap = 0.5 * fontsize * axes.figure.dpi / 72  # half a letter between two labels
+    kept = [steps[-1]]
+    for step in reversed(steps[:-1]):
+        if position[kept[-1]] - position[step] >= (text_width[kept[-1]] + text_width[step]) / 2 + gap:
+            kept.append(step)
+    return kept[::-1]
 
 
 def composition_figure(target: str, fits: Sequence[CompositionFit]) -> Figure:

@@ -23,6 +23,9 @@ def cpu_bf16_cost() -> str | None:
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return (f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 support in oneDNN, so torch "
                 "emulates bf16 matmuls, about 30x slower than float32")
+    if not hasattr(torch.cpu, "get_capabilities"):  # torch 2.6 (the lowest declared) has none
+        return (f"torch {torch.__version__} cannot tell whether this CPU has native bf16 arithmetic"
+                " (no torch.cpu.get_capabilities); without it bf16 matmuls are about 2x slower than float32")
     capabilities = torch.cpu.get_capabilities()
     if not any(capabilities.get(name, False) for name in NATIVE_BF16_CAPABILITIES):
         return ("this CPU has no native bf16 arithmetic (no AVX512-BF16/AMX), so oneDNN converts bf16 to float32 "

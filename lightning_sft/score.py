@@ -20,9 +20,10 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lightning_sft.command_line import check_output_file, positive_int
 from lightning_sft.data import collate_batches, load_examples
 from lightning_sft.models import DTYPES, load_model, load_tokenizer, pad_token_id
-from lightning_sft.patterns import HeadScores, score_heads
+from lightning_sft.scorer.patterns import HeadScores, score_heads
 from lightning_sft.storage import save_scores
 
 # float32 on CPU: CPUs without native bf16 (AVX2) emulate it ~30x slower; GPUs compute bf16 natively.
@@ -87,17 +88,11 @@ def score_command(
             f" to {out}")
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return int(text)
-
-
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --batch-size, --max-length, --dtype, --format and --adapter, as score and select read them."""
     parser.add_argument("--model", required=True, help="a save_pretrained folder (with its tokenizer), a .gguf file,"
                                                        " package:NAME or a hub id")
-    parser.add_argument("--batch-size", type=_positive, default=8, help="examples per scored batch")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="examples per scored batch")
     parser.add_argument("--max-length", type=int, default=1024, help="tokens kept per example")
     parser.add_argument("--dtype", choices=list(DTYPES),
                         help=f"dtype to score in (default: {DEFAULT_DTYPES['cpu']} on CPU,"
@@ -107,8 +102,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_command(parser: argparse.ArgumentParser, command, args: argparse.Namespace) -> None:
-    """Print `command(args)`; a user error (ValueError, FileNotFoundError) prints one `error:` line and exits 1."""
+    """Check the output file `args.out`, then print `command(args)`; a user error (ValueError,
+    FileNotFoundError) prints one `error:` line and exits 1."""
     try:
+        check_output_file(args.out)
         print(command(args))
     except (ValueError, FileNotFoundError) as error:
         parser.exit(1, f"error: {error}\n")

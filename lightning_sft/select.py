@@ -60,7 +60,7 @@ def select_command(
     scores = score_examples(model, [candidates[position] for position in order], tokenizer, options.batch_size)
     if scores.skipped or len(scores.per_example) != len(candidates):
         raise RuntimeError(f"the scorer kept {len(scores.per_example)} of {len(candidates)} pool rows that have "
-                           "supervised tokens; lightning_sft.data and lightning_sft.patterns disagree on labels")
+                           "supervised tokens; lightning_sft.data and lightning_sft.scorer.patterns disagree on labels")
     pool_patterns = np.empty(scores.per_example.shape)
     pool_patterns[order] = scores.per_example.double().numpy()
     correlations = stats.pattern_correlations(pool_patterns, target_pattern)

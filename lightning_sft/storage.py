@@ -11,12 +11,16 @@ index.json = {"format_version": 1, "num_layers": L, "num_heads": H,
               "model": {...}  (only when given), "run_id": str  (only when given)}
 
 A directory holds the patterns of one run: once its index records a `run_id`, saving with another one is
-refused, so two runs never mix in one directory.
+refused, so two runs never mix in one directory. A save holds the lock `<save_dir>/.lock` (`fcntl.flock`) from
+reading the index to writing it, so two processes saving into one directory at once cannot mix either.
 
 Every file is written atomically (temp file in the same directory, then `os.replace`), so a crash leaves
 either the old file or the new one, never a torn one. A pattern file is written before the index lists it.
+Links inside a store are not followed: a probe folder or lock file that is a symbolic link is refused.
 """
 
+import errno
+import fcntl
 import json
 import os
 import re
@@ -32,15 +36,24 @@ from safetensors.torch import load_file, save
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
 PROBE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+LOCK_NAME = ".lock"
+# a probe is the folder `<probe>` and the TensorBoard run `probe_<probe>`: one file name, 255 bytes on Linux
+MAX_PROBE_NAME = 255 - len("probe_")
 
 
 def check_probe_name(name: object) -> str:
     """`name` if it is a valid probe name, safe as a file name, a TensorBoard tag and a CLI argument: letters,
-    digits, '_', '.' and '-', not starting with '.' or '-'. Raises ValueError naming it otherwise."""
+    digits, '_', '.' and '-', not starting with '.' or '-', at most `MAX_PROBE_NAME` characters. Raises
+    ValueError naming it otherwise."""
     if not isinstance(name, str) or not PROBE_NAME.fullmatch(name):
         raise ValueError(
             f"probe name {name!r} is not safe for file names and TensorBoard tags; "
             "use letters, digits, '_', '.' and '-' only, not starting with '.' or '-'"
+        )
+    if len(name) > MAX_PROBE_NAME:
+        raise ValueError(
+            f"probe name {name[:20]}... is {len(name)} characters long; at most {MAX_PROBE_NAME} fit in a file name "
+            "(as the folder `probe_<name>`); choose a shorter name"
         )
     return name
 
@@ -49,18 +62,44 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same directory and `os.replace` (parents created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _atomic_write_in(folder, path.name, data)
+    finally:
+        os.close(folder)
+
+
+def _atomic_write_in(folder: int, name: str, data: bytes) -> None:
+    """`atomic_write_bytes` of `data` to the file `name` in the open directory `folder` (a file descriptor):
+    the temp file is created exclusively and the rename replaces a link named `name`, never following one."""
+    temp = f".{name}.{uuid.uuid4().hex}.tmp"
     try:
         # os.open with 0o666 lets the umask set the permissions, as open() would (mkstemp forces 0o600).
-        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=folder)
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp, path)
+        os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:
-        temp.unlink(missing_ok=True)
+        try:
+            os.unlink(temp, dir_fd=folder)
+        except FileNotFoundError:
+            pass
         raise
+
+
+def _open_entry(save_dir: Path, name: str, flags: int, mode: int = 0o666) -> int:
+    """A file descriptor of the entry `name` of the store `save_dir`, opened without following a link."""
+    try:
+        return os.open(save_dir / name, flags | os.O_NOFOLLOW, mode)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        raise ValueError(
+            f"{save_dir / name} is a symbolic link (or not a folder); a patterns store holds real files and folders "
+            "only, so that nothing is written outside it. Remove the link, or save to another directory."
+        ) from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -126,9 +165,41 @@ def load_index(save_dir: str | Path) -> dict[str, Any]:
             f"{path}: 'probes' is {json.dumps(probes)[:80]}; expected {{probe: {{\"steps\": [...], "
             "\"metrics\": {...}}}, as storage.save_pattern writes it; the patterns index is corrupt"
         )
+    try:
+        _check_index_fields(index)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}; the patterns index is corrupt") from None
     for entry in probes.values():
         entry["metrics"] = {int(step): values for step, values in entry["metrics"].items()}
     return index
+
+
+def _is_int(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _check_index_fields(index: dict[str, Any]) -> None:
+    """Raises ValueError naming the first field of a parsed index whose type or value `save_pattern` never writes."""
+    for field in ("num_layers", "num_heads"):
+        if not _is_int(index.get(field), 1):
+            raise ValueError(f"'{field}' is {json.dumps(index.get(field))}; expected an int >= 1")
+    if "run_id" in index and not isinstance(index["run_id"], str):
+        raise ValueError(f"'run_id' is {json.dumps(index['run_id'])}; expected a string")
+    for probe, entry in index["probes"].items():
+        check_probe_name(probe)
+        if not all(_is_int(step, 0) for step in entry["steps"]):
+            raise ValueError(
+                f"'probes.{probe}.steps' is {json.dumps(entry['steps'])[:80]}; expected a list of ints >= 0"
+            )
+        for step, values in entry["metrics"].items():
+            if not (step.isascii() and step.isdigit()):
+                raise ValueError(f"'probes.{probe}.metrics' has step key {step!r}; expected step numbers")
+            if not isinstance(values, dict) or not all(
+                isinstance(value, (int, float)) and not isinstance(value, bool) for value in values.values()
+            ):
+                raise ValueError(
+                    f"'probes.{probe}.metrics.{step}' is {json.dumps(values)[:80]}; expected {{name: number}}"
+                )
 
 
 def pattern_path(save_dir: str | Path, probe: str, step: int) -> Path:
@@ -165,7 +236,52 @@ def save_pattern(
         if not np.isfinite(value):
             raise ValueError(f"metric {name}={value} of probe {probe!r} at step {step} is not finite")
     save_dir = Path(save_dir)
-    num_layers, num_heads = pattern.shape
+    try:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        lock = _open_entry(save_dir, LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    except OSError as error:
+        raise _unwritable(save_dir, probe, step, error) from error
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+        index = _checked_index(save_dir, pattern.shape, model, run_id)
+        try:
+            try:
+                os.mkdir(save_dir / probe)
+            except FileExistsError:  # a folder, or a link that _open_entry refuses
+                pass
+            folder = _open_entry(save_dir, probe, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                metadata = {"format_version": str(FORMAT_VERSION), "probe": probe, "step": str(step)}
+                _atomic_write_in(folder, pattern_path(save_dir, probe, step).name, save(tensors, metadata=metadata))
+            finally:
+                os.close(folder)
+            entry = index["probes"].setdefault(probe, {"steps": [], "metrics": {}})
+            entry["steps"] = sorted(set(entry["steps"]) | {step})
+            if metric_values:
+                entry["metrics"][step] = metric_values
+            entry["metrics"] = dict(sorted(entry["metrics"].items()))
+            atomic_write_text(save_dir / INDEX_NAME, json.dumps(index, indent=1) + "\n")
+        except OSError as error:
+            raise _unwritable(save_dir, probe, step, error) from error
+    finally:
+        os.close(lock)
+    return pattern_path(save_dir, probe, step)
+
+
+def _unwritable(save_dir: Path, probe: str, step: int, error: OSError) -> OSError:
+    return OSError(
+        f"cannot write the pattern of probe {probe!r} at step {step} into {save_dir}: {error.strerror or error} "
+        f"({error.filename or save_dir}); make the folder writable (or free space), then resume from the last "
+        "checkpoint"
+    )
+
+
+def _checked_index(
+    save_dir: Path, shape: torch.Size, model: Mapping[str, Any] | None, run_id: str | None
+) -> dict[str, Any]:
+    """The index of `save_dir` (a new one if none) with `model` and `run_id` recorded, after checking that
+    the store holds patterns of this `shape`, `model` and run."""
+    num_layers, num_heads = shape
     try:
         index = load_index(save_dir)
     except FileNotFoundError:
@@ -190,17 +306,7 @@ def save_pattern(
                 "save each run's patterns to its own directory"
             )
         index["run_id"] = run_id
-
-    path = pattern_path(save_dir, probe, step)
-    metadata = {"format_version": str(FORMAT_VERSION), "probe": probe, "step": str(step)}
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
-    entry = index["probes"].setdefault(probe, {"steps": [], "metrics": {}})
-    entry["steps"] = sorted(set(entry["steps"]) | {step})
-    if metric_values:
-        entry["metrics"][step] = metric_values
-    entry["metrics"] = dict(sorted(entry["metrics"].items()))
-    atomic_write_text(save_dir / INDEX_NAME, json.dumps(index, indent=1) + "\n")
-    return path
+    return index
 
 
 def load_pattern_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Which failures of a command are the user's input (one message, no traceback) and which are bugs.
 
-A user error is a `ValueError` or `OSError` that this project's code raises on purpose (a `raise` statement in
-`lightning_sft/`, `callbacks/` or `train.py`): by convention its message names the bad value, where it came
+A user error is a `ValueError`, `OSError` or `FloatingPointError` (a diverged model) that this project's code
+raises on purpose (a `raise` statement in `lightning_sft/`, `callbacks/` or `train.py`): by convention its message names the bad value, where it came
 from, and the fix. Such an error may arrive wrapped by jsonargparse (a callback's constructor failing inside
 its "Union subtypes" error, with ours as `__cause__`). Anything else, a ValueError from inside torch included,
 is a bug and keeps its traceback.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUR_CODE = (ROOT / "lightning_sft", ROOT / "callbacks", ROOT / "train.py")
-USER_ERRORS = (ValueError, OSError)
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
 def user_error_message(error: BaseException) -> str | None:

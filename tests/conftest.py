@@ -6,7 +6,7 @@ import pytest
 import torch
 
 if not torch.cuda.is_available():
-    # Without a GPU, Triton kernels (lightning_sft.triton_scores) run in Triton's interpreter on the CPU. Triton
+    # Without a GPU, Triton kernels (lightning_sft.scorer.triton_scores) run in Triton's interpreter on the CPU. Triton
     # reads this when it is imported (Lightning imports it) and when a kernel runs; torch does not import it.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

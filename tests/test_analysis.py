@@ -12,6 +12,7 @@ import lightning as L
 import matplotlib.image
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from torch.utils.data import DataLoader
 from transformers import LlamaForCausalLM
@@ -171,7 +172,7 @@ def test_drift_curves(runs, capsys, tmp_path):
         assert float(row["mse"]) == pytest.approx(np.mean((pattern - base) ** 2), rel=1e-9, abs=1e-30)
     assert float(rows[3]["pearson"]) < 1.0 and float(rows[3]["mse"]) > 0
     assert "| arc | 4 |" in printed
-    assert matplotlib.image.imread(tmp_path / "drift.png").shape == (420, 1100, 4)
+    assert matplotlib.image.imread(tmp_path / "drift.png").shape[1] == 680  # 3.4 inches at 200 dpi
 
 
 def test_before_after_heatmaps(runs, capsys, tmp_path):
@@ -349,6 +350,66 @@ def test_probe_without_base_step_is_refused(capsys, tmp_path):
             save_pattern(directory, "mmlu", 32, torch.rand(2, 4))
         error = _fails(capsys, command[0], directory, *command[1:])
         assert f"probe 'arc' has no pattern at step 0 (the base model); its earliest is step 16 in {directory}" in error
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_pattern_is_refused_naming_probe_step_and_file(capsys, tmp_path, bad):
+    """No statistic and no picture from a NaN/inf pattern (heatmaps drew flat pictures with exit 0)."""
+    directory = tmp_path / "head_patterns"
+    for probe in ("arc", "mmlu", "math"):
+        for step in (0, 3, 6):
+            save_pattern(directory, probe, step, torch.rand(2, 4))
+    path = directory / "mmlu" / "step_00000003.safetensors"
+    pattern = torch.rand(2, 4)
+    pattern[1, 2] = bad
+    safetensors.torch.save_file({"pattern": pattern}, path)
+    out = tmp_path / "out"
+    for command in (["stats"], ["similarity", "--out", out], ["drift", "--out", out], ["heatmaps", "--out", out],
+                    ["compose", "--target", "arc", "--bases", "mmlu", "math", "--subset-size", 1]):
+        error = _fails(capsys, command[0], directory, *command[1:])
+        assert f"probe 'mmlu', step 3: {path} holds" in error and "Traceback" not in error
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_out_is_checked_before_any_work(capsys, tmp_path, monkeypatch):
+    """An --out that cannot be written is one line naming it, before the runs are read (load_runs never runs)."""
+    import lightning_sft.analysis.__main__ as analysis_main
+
+    def no_work(runs):
+        raise AssertionError("the runs were read before --out was checked")
+
+    monkeypatch.setattr(analysis_main, "load_runs", no_work)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    run = tmp_path / "run"
+    for command in (["stats"], ["similarity"], ["drift"], ["heatmaps"],
+                    ["compose", "--target", "a", "--bases", "b", "--subset-size", 1]):
+        error = _fails(capsys, command[0], run, *command[1:], "--out", a_file)
+        assert error == f"error: --out {a_file} is a file; pass a directory (it is created if missing)\n"
+        error = _fails(capsys, command[0], run, *command[1:], "--out", a_file / "below")
+        assert f"error: --out {a_file / 'below'}: {a_file} is a file, not a directory" in error
+    error = _fails(capsys, "mix", "--coefficients", "a=1", "--datasets", f"a={a_file}", "--total", 1, "--out",
+                   tmp_path)
+    assert error == f"error: --out {tmp_path} is an existing directory; pass the path of the file to write\n"
+
+
+def test_a_file_given_as_a_run_is_one_line(capsys, tmp_path):
+    save_pattern(tmp_path / "head_patterns", "arc", 0, torch.rand(2, 4))
+    index = tmp_path / "head_patterns" / "index.json"
+    error = _fails(capsys, "stats", index)
+    assert error == (f"error: {index} is a file, not a run directory; pass the patterns directory holding index.json"
+                     " or a log directory above it\n")
+
+
+@pytest.mark.parametrize(("cell", "shown"), [(",abc", "'abc'"), (",nan", "'nan'"), (",-inf", "'-inf'"), ("", "None")])
+def test_from_compose_with_a_value_that_is_not_a_number(capsys, tmp_path, cell, shown):
+    """A rank-1 coefficient that is not a finite number (or is missing: a short row) is named with its line."""
+    compose = tmp_path / "compose.csv"
+    compose.write_text(f"rank,r2,bases,coefficient_a,coefficient_b\n2,0.5,a,0.3,\n1,0.9,a+b,0.5{cell}\n")
+    error = _fails(capsys, "mix", "--from-compose", compose, "--datasets", f"a={compose}", f"b={compose}",
+                   "--total", 2, "--out", tmp_path / "mix.jsonl")
+    assert error == (f"error: {compose}:3: column 'coefficient_b' holds {shown}, not a finite number; pass the"
+                     " compose.csv written by `python -m lightning_sft.analysis compose ... --out DIR`\n")
 
 
 def test_unknown_probe_names(runs, capsys, tmp_path):

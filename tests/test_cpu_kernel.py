@@ -1,4 +1,4 @@
-"""lightning_sft.cpu_kernel: the C++ backward builds here, runs where it should, matches float64 autograd
+"""lightning_sft.scorer.cpu_kernel: the C++ backward builds here, runs where it should, matches float64 autograd
 across its query blocks and key tiles (causal, padded and sliding-window masks), and a failed build falls
 back with a warning."""
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.utils.cpp_extension
 
-from lightning_sft import cpu_kernel, head_scored_attention
-from lightning_sft.head_scored_attention import HeadScoredAttention
+from lightning_sft.scorer import cpu_kernel, head_scored_attention
+from lightning_sft.scorer.head_scored_attention import HeadScoredAttention
 
 
 def count_kernel_calls(monkeypatch) -> list[bool]:

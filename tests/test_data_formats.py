@@ -194,12 +194,21 @@ def test_quotes_and_null_are_text(tmp_path, tokenizer):
     assert example["input_ids"] == [BOS] + ids(tokenizer, '"x"null') + [EOS]
 
 
-def test_a_number_response_in_row_100_trains_as_its_text(tmp_path, tokenizer):
-    rows = [{"prompt": f"q{i}", "response": "a"} for i in range(120)]
-    rows[99]["response"] = 16
-    examples = load_examples(write_jsonl(tmp_path / "rows.jsonl", rows), tokenizer)
-    assert len(examples) == 120
-    assert examples[99]["input_ids"] == [BOS] + ids(tokenizer, "q9916") + [EOS]
+@pytest.mark.parametrize(("format", "row"), [
+    ("prompt_response", '{"prompt": "q", "response": 1.50}'),
+    ("prompt_response", '{"prompt": 1e3, "response": "a"}'),
+    ("text", '{"text": 16}'),
+    ("chat", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 1.50}]}'),
+])
+def test_a_json_number_in_a_text_field_is_refused_with_its_line(tmp_path, tokenizer, format, row):
+    # JSON parsing keeps 1.50 as 1.5 and 1e3 as 1000.0: training on that text would not be the text as written.
+    good = {"prompt_response": '{"prompt": "q", "response": "a"}', "text": '{"text": "a"}',
+            "chat": '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}'}[format]
+    path = tmp_path / "rows.jsonl"
+    path.write_text(f"{good}\n{good}\n{row}\n")
+    with pytest.raises(ValueError, match=rf"^{path}:3: field '\w+' holds a (float|int) .*not text; write it as a JSON"
+                                         " string"):
+        load_examples(path, tokenizer, format=format)
 
 
 def test_a_bad_field_in_row_100_is_blamed_on_its_line(tmp_path, tokenizer):

@@ -73,6 +73,20 @@ def test_jsonl_strings_and_numbers_are_kept_per_row(tmp_path):
     assert read_rows(path).places[99] == f"{path}:100"
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_json_lines_split_at_newline_only_and_keep_text_as_written(tmp_path, suffix):
+    # Characters str.splitlines() breaks at, raw inside JSON strings (U+2028/9, U+0085 are valid there) or as
+    # escapes (\r, \x1c...), and a CRLF line end: each line is still one row, its text exactly as written.
+    texts = ["a\u2028b", "c\u2029d", "e\x85f", "g\rh", "i\x1cj\x1dk\x1el", "m\x0bn\x0co"]
+    lines = [json.dumps({"text": text}, ensure_ascii=False) for text in texts]
+    path = tmp_path / f"rows{suffix}"
+    path.write_bytes(("\n".join(lines[:-1]) + "\r\n" + lines[-1] + "\n").encode("utf-8"))
+    rows = read_rows(path)
+    assert [row["text"] for row in rows] == texts
+    assert rows.places == [f"{path}:{number}" for number in range(1, len(texts) + 1)]
+    assert rows.lines == lines
+
+
 def test_places_count_lines_from_one_in_every_format(tmp_path):
     jsonl = tmp_path / "rows.jsonl"
     jsonl.write_text('{"text": "a"}\n\n{"text": "b"}\n')
@@ -115,6 +129,12 @@ def test_select_keeps_places_and_lines(tmp_path):
         ("latin1.csv", b"t\na\ncaf\xe9\n", r":3: not UTF-8 text \(byte 0xe9"),
         ("text.parquet", b'{"t": "a"}\n', r": not a readable Parquet file \(.*\); pass a file written as Parquet"),
         ("fields.csv", b"prompt,response\na,b\nc,d,e\n", r":3: 3 fields where the header \(line 1\) has 2"),
+        ("twice.jsonl", b'{"t": "a"}\n{"t": "b", "u": {"v": 1, "v": 2}}\n',
+         r":2: an object names key\(s\) \['v'\] more"),
+        ("twice.json", b'[\n  {"t": "a"},\n  {"t": "b",\n   "t": "c"}\n]\n',
+         r":3: an object names key\(s\) \['t'\] more"),
+        ("twice.csv", b"prompt,response,prompt\na,b,c\n",
+         r":1: the header names column\(s\) \['prompt'\] more than once"),
     ],
 )
 def test_a_bad_file_is_named_with_its_line(tmp_path, name, content, message):

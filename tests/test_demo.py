@@ -22,7 +22,8 @@ def demo_run(tmp_path_factory):
     config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     config["trainer"].update(max_steps=300, default_root_dir=str(directory), enable_checkpointing=False,
                              enable_progress_bar=False)
-    [callback] = config["trainer"]["callbacks"]
+    [callback] = [c for c in config["trainer"]["callbacks"] if c["class_path"] == "callbacks.HeadActivationCallback"]
+    config["trainer"]["callbacks"] = [callback]  # no checkpoints (enable_checkpointing=False)
     callback["init_args"].update(steps=[0, 300], log_images=False, log_histograms=False)  # same weights, fewer probes
     config["model"]["export_dir"] = None
     (directory / "demo.yaml").write_text(yaml.safe_dump(config))
@@ -46,3 +47,14 @@ def test_reversed_sum_is_composed_best_of_addition_and_reversal(demo_run):
     best = fits[0]
     assert set(best.bases) == {"addition", "reversal"} and all(value > 0 for value in best.coefficients.values())
     assert best.r2 > fits[1].r2
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    from lightning_sft.demo import main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit) as error:
+        main(["--out", str(a_file)])
+    assert error.value.code == 1
+    assert capsys.readouterr().err == f"error: --out {a_file} is a file; pass a directory (it is created if missing)\n"

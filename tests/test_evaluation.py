@@ -2,7 +2,9 @@
 independent per-example forward pass, GSM8K and MATH answer extraction on real answers, generation, bad input."""
 
 import json
+import math
 import re
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -135,11 +137,14 @@ def test_multiple_choice_equals_independent_per_example_forward(model, tokenizer
         norms.append(float(np.argmax(lls / np.array([len(choice) for choice in choices])) == request.answer))
     result = evaluate(model, tokenizer, data, batch_size=5)
     assert result["n"] == 6 and result["acc"] == pytest.approx(np.mean(accs), abs=1e-6)
+    # lm-eval's mean_stderr: sample standard deviation (ddof=1) over sqrt(n)
+    assert result["acc_stderr"] == pytest.approx(statistics.stdev(accs) / math.sqrt(6), abs=1e-12)
     if "acc_norm" in TASKS[task].metrics:
         assert result["acc_norm"] == pytest.approx(np.mean(norms), abs=1e-6)
-        assert set(result) == {"acc", "acc_norm", "n"}
+        assert result["acc_norm_stderr"] == pytest.approx(statistics.stdev(norms) / math.sqrt(6), abs=1e-12)
+        assert list(result) == ["acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"]
     else:
-        assert set(result) == {"acc", "n"}
+        assert list(result) == ["acc", "acc_stderr", "n"]
 
 
 def test_gsm8k_answer_extraction_on_real_answers():
@@ -253,15 +258,23 @@ def independent_greedy(model, prompt: list[int], steps: int, banned: int) -> lis
 
 
 class EosAfter:
-    """A forward hook on the LM head: eos impossible for the first `steps` forward passes of each generation (a
-    pass over more than one position starts one), then certain; counts the passes."""
+    """Hooks on a model: eos impossible for the first `steps` forward passes of each generation (a pass whose
+    input holds more than one position starts one), then certain; counts the passes. `attach` returns a handle
+    whose `remove()` takes both hooks off."""
 
     def __init__(self, eos: int, steps: int | None) -> None:
         self.eos, self.steps, self.calls, self.total = eos, steps, 0, 0
 
-    def __call__(self, module, args, output):
-        if output.shape[1] > 1:
+    def attach(self, model) -> "_Both":
+        first = model.get_input_embeddings().register_forward_pre_hook(self.start)
+        head = model.get_output_embeddings().register_forward_hook(self.logits)
+        return _Both(first, head)
+
+    def start(self, module, args):
+        if args[0].shape[1] > 1:
             self.calls = 0
+
+    def logits(self, module, args, output):
         self.total += 1
         output = output.clone()
         output[..., self.eos] = float("inf") if self.steps is not None and self.calls >= self.steps else -float("inf")
@@ -269,9 +282,20 @@ class EosAfter:
         return output
 
 
+class _Both:
+    """Removable handles removed together."""
+
+    def __init__(self, *handles) -> None:
+        self.handles = handles
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def test_generation_batched_with_cache_equals_independent_greedy(model, tokenizer):
     prompts = [tokenizer.encode(text) for text in ("12+345=", "rev 9=", "sort 314159=", "count a in abca=")]
-    hook = model.lm_head.register_forward_hook(EosAfter(tokenizer.eos_token_id, None))
+    hook = EosAfter(tokenizer.eos_token_id, None).attach(model)
     try:
         generations = greedy_generate(model, prompts, max_new_tokens=6, pad_token_id=0, eos_token_id=2,
                                       stopped=lambda tokens: False)
@@ -291,12 +315,15 @@ def test_exact_string_task_counts_matches(model, tokenizer, tmp_path):
         rows.append({"prompt": prompt, "response": text if index % 2 == 0 else text + "x"})
     data = load_task("reversed_sum", write_rows(tmp_path / "rows.jsonl", rows))
     hook = EosAfter(tokenizer.eos_token_id, steps=3)  # 3 tokens, then eos: every generation stops
-    handle = model.lm_head.register_forward_hook(hook)
+    handle = hook.attach(model)
     try:
         result = evaluate(model, tokenizer, data, batch_size=2)
     finally:
         handle.remove()
-    assert result == {"exact_match": pytest.approx(3 / 5), "n": 5}
+    assert result == {"exact_match": pytest.approx(3 / 5), "n": 5,
+                      "exact_match_stderr": pytest.approx(statistics.stdev([1, 0, 1, 0, 1]) / math.sqrt(5))}
+    one = evaluate(model, tokenizer, load_task("reversed_sum", tmp_path / "rows.jsonl", max_examples=1))
+    assert one["n"] == 1 and one["exact_match_stderr"] is None  # undefined for one example (ddof=1)
 
 
 def test_math_task_end_to_end(model, tokenizer, tmp_path):
@@ -310,12 +337,13 @@ def test_math_task_end_to_end(model, tokenizer, tmp_path):
     rows = [{**row, "solution": f"So \\boxed{{{text}}}."} if index % 2 == 0 else row
             for index, (row, text) in enumerate(zip(rows, texts))]
     data = load_task("math", write_rows(tmp_path / "rows.jsonl", rows))
-    handle = model.lm_head.register_forward_hook(EosAfter(tokenizer.eos_token_id, steps=4))
+    handle = EosAfter(tokenizer.eos_token_id, steps=4).attach(model)
     try:
         result = evaluate(model, tokenizer, data, batch_size=3)
     finally:
         handle.remove()
-    assert result == {"exact_match": pytest.approx(2 / 4), "n": 4}
+    assert result == {"exact_match": pytest.approx(2 / 4), "n": 4,
+                      "exact_match_stderr": pytest.approx(statistics.stdev([1, 0, 1, 0]) / 2)}
 
 
 def test_generation_that_never_stops_is_bounded_and_wrong(model, tokenizer, tmp_path):
@@ -325,13 +353,13 @@ def test_generation_that_never_stops_is_bounded_and_wrong(model, tokenizer, tmp_
     text = tokenizer.decode(independent_greedy(model, encode_prompt(tokenizer, prompt, True), 5, banned=2))
     data = load_task("reversed_sum", write_rows(tmp_path / "rows.jsonl", [{"prompt": prompt, "response": text}]))
     hook = EosAfter(tokenizer.eos_token_id, steps=None)  # eos never comes
-    handle = model.lm_head.register_forward_hook(hook)
+    handle = hook.attach(model)
     try:
         result = evaluate(model, tokenizer, data, max_new_tokens=5)
     finally:
         handle.remove()
     # the text equals the response, but the generation was cut off: wrong; exactly max_new_tokens passes ran
-    assert result == {"exact_match": 0.0, "n": 1} and hook.total == 5
+    assert result == {"exact_match": 0.0, "exact_match_stderr": None, "n": 1} and hook.total == 5
 
 
 def test_evaluate_leaves_the_model_as_found(tokenizer):
@@ -388,6 +416,31 @@ def test_row_missing_a_field_names_file_line_and_field(tmp_path, task, row, fiel
 def test_answer_index_out_of_range(tmp_path, task, row, message):
     path = write_rows(tmp_path / "rows.jsonl", [row])
     with pytest.raises(ValueError, match=re.escape(f"{path}:1: ") + ".*" + re.escape(message)):
+        load_task(task, path)
+
+
+@pytest.mark.parametrize(("task", "field", "value"), [
+    ("hellaswag", "label", 2.9), ("hellaswag", "label", "2.9"), ("hellaswag", "label", True),
+    ("mmlu", "answer", 1.7), ("mmlu", "answer", True), ("winogrande", "answer", 1.7), ("winogrande", "answer", 2.0),
+])
+def test_answer_index_that_is_not_an_integer_is_refused(tmp_path, task, field, value):
+    good = {"hellaswag": HELLASWAG[0], "winogrande": rows_of("winogrande.jsonl")[0],
+            "mmlu": {"question": "q", "choices": ["a", "b", "c", "d"], "answer": 1, "subject": "s"}}[task]
+    path = write_rows(tmp_path / "rows.jsonl", [good, {**good, field: value}])
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: task {task!r}: {task}: field {field!r} holds")
+                       + ".*not an integer answer index"):
+        load_task(task, path)
+
+
+@pytest.mark.parametrize(("task", "row"), [
+    ("gsm8k", {"question": "How many?", "answer": 16}),
+    ("gsm8k", {"question": 7, "answer": "#### 7"}),
+    ("reversed_sum", {"prompt": "1+2=", "response": 3.0}),
+    ("arc_challenge", {"question": "q", "choices": {"text": ["a", 2], "label": ["A", "B"]}, "answerKey": "A"}),
+])
+def test_a_number_where_text_belongs_in_a_task_row_is_refused(tmp_path, task, row):
+    path = write_rows(tmp_path / "rows.jsonl", [row])
+    with pytest.raises(ValueError, match=re.escape(f"{path}:1: task {task!r}: ") + ".*not (text|a list of strings)"):
         load_task(task, path)
 
 

@@ -30,7 +30,7 @@ def run_all(folder: Path) -> dict:
     """Every task evaluation of this test, with the forward passes each ran on this process."""
     model, tokenizer = model_and_tokenizer()
     hook = EosAfter(tokenizer.eos_token_id, steps=3)
-    handle = model.lm_head.register_forward_hook(hook)
+    handle = hook.attach(model)
     results = {}
     for name, path, count in (("arc_challenge", DATA / "arc_challenge.jsonl", 5),
                               ("winogrande", DATA / "winogrande.jsonl", 1),  # rank 1 has no batch of its own
@@ -50,7 +50,7 @@ def worker(rank: int, folder: str, port: int) -> None:
         # generations that stop at different steps on the two ranks: both still run the same passes
         model, tokenizer = model_and_tokenizer()
         hook = EosAfter(tokenizer.eos_token_id, steps=2 + 3 * rank)
-        handle = model.lm_head.register_forward_hook(hook)
+        handle = hook.attach(model)
         greedy_generate(model, [tokenizer.encode("1+1=")], max_new_tokens=20, pad_token_id=0,
                         eos_token_id=tokenizer.eos_token_id, stopped=lambda tokens: False)
         handle.remove()

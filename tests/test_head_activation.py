@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -25,10 +26,11 @@ from lightning_sft.analysis.runs import load_runs
 from lightning_sft.data import SFTDataModule, collate, collate_batches, load_examples
 from lightning_sft.module import SFTModule
 from lightning_sft.models import model_of
-from lightning_sft.patterns import activation_pattern, score_heads
+from lightning_sft.scorer.patterns import activation_pattern, score_heads
 from lightning_sft.plots import PatternHeatmap
 from lightning_sft.storage import load_index, load_pattern_file, load_patterns, pattern_path
 from lightning_sft.tokenizer import byte_tokenizer
+from lightning_sft.user_errors import user_error_message
 from tests.conftest import tiny_llama_config
 from tests.test_plots import cell_centres
 
@@ -97,11 +99,11 @@ def custom_scalars_layout(log_dir: str | Path) -> dict[str, dict[str, list[str]]
 
 
 def drift_layout_charts() -> dict[str, dict[str, list[str]]]:
-    """Every chart the layout must name, written out independently of the callback's code."""
+    """Every chart the layout of a run with this callback alone must name (no accuracy chart: no
+    TaskAccuracyCallback fills it), drift and concentration first, written out independently of the code."""
     return {
-        "head_drift": {"pearson vs base": ["^head_drift/pearson$"], "mse vs base": ["^head_drift/mse$"],
-                       "eval accuracy": ["^eval/.*"]},
-        "head_activation": {statistic: [f"^head_activation/{statistic}$"]
+        "drift": {"pearson vs base": ["^drift/pearson$"], "mse vs base": ["^drift/mse$"]},
+        "concentration": {statistic: [f"^concentration/{statistic}$"]
                             for statistic in ("gini", "cv", "kurtosis", "mean")},
         "head_probe": {"probe loss": ["^head_probe/loss$"]},
     }
@@ -137,29 +139,30 @@ def test_fit_in_hand_written_module_logs_and_saves(tmp_path, probes, tokenizer):
         run = probe_run(trainer.log_dir, name)
         run_tags = run.Tags()
         for statistic in ("gini", "cv", "kurtosis", "mean"):
-            assert f"head_activation/{statistic}" in run_tags["scalars"]
-        for tag in ("head_drift/pearson", "head_drift/mse", "head_probe/loss"):
+            assert f"concentration/{statistic}" in run_tags["scalars"]
+        for tag in ("drift/pearson", "drift/mse", "head_probe/loss"):
             assert [e.step for e in run.Scalars(tag)] == [0, 1, 2, 4, 5]
         assert [e.step for e in run.Images("head_activation/pattern")] == [0, 1, 2, 4, 5]
         assert [e.step for e in run.Images("head_activation/change")] == [1, 2, 4, 5]
         assert "head_activation/scores" in run_tags["histograms"]
         assert not [tag for tag in tags["scalars"] if f"/{name}/" in tag and not tag.startswith("head_similarity/")]
     assert [e.step for e in events.Images("head_similarity/change_correlation")] == [1, 2, 4, 5]
-    assert [e.step for e in events.Images("head_drift/figure")] == [5]
+    assert [e.step for e in events.Images("drift/figure")] == [5]
     assert "head_similarity/big/doubling" in tags["scalars"] or "head_similarity/doubling/big" in tags["scalars"]
 
     last = patterns["doubling"][5].numpy()
     doubling = probe_run(trainer.log_dir, "doubling")
-    gini_logged = doubling.Scalars("head_activation/gini")[-1].value
+    gini_logged = doubling.Scalars("concentration/gini")[-1].value
     assert gini_logged == pytest.approx(independent_gini(last), rel=1e-5)
-    drift = doubling.Scalars("head_drift/mse")[-1].value
+    drift = doubling.Scalars("drift/mse")[-1].value
     assert drift == pytest.approx(float(((last - patterns["doubling"][0].numpy()) ** 2).mean()), rel=1e-5)
-    assert doubling.Scalars("head_drift/pearson")[0].value == pytest.approx(1.0)
-    assert doubling.Scalars("head_drift/pearson")[-1].value != pytest.approx(
-        probe_run(trainer.log_dir, "big").Scalars("head_drift/pearson")[-1].value)  # two probes, two series
+    assert doubling.Scalars("drift/pearson")[0].value == pytest.approx(1.0)
+    assert doubling.Scalars("drift/pearson")[-1].value != pytest.approx(
+        probe_run(trainer.log_dir, "big").Scalars("drift/pearson")[-1].value)  # two probes, two series
     index = load_index(save_dir)
-    assert index["probes"]["doubling"]["metrics"][5]["head_activation/gini"] == pytest.approx(gini_logged, rel=1e-6)
+    assert index["probes"]["doubling"]["metrics"][5]["concentration/gini"] == pytest.approx(gini_logged, rel=1e-6)
     assert custom_scalars_layout(trainer.log_dir) == drift_layout_charts()
+    assert list(custom_scalars_layout(trainer.log_dir)) == ["drift", "concentration", "head_probe"]
 
     # head_similarity/<a>/<b>: Pearson correlation of the two probes' changes since step 0, flattened.
     tag = next(tag for tag in tags["scalars"] if tag.startswith("head_similarity/") and "doubling" in tag
@@ -258,7 +261,7 @@ def test_resume_keeps_base_pattern_and_probes_no_step_twice(tmp_path, probes, to
     resumed_callback, second = run(tmp_path / "resumed", 4, ckpt_path=str(checkpoint))
     assert second.log_dir != first.log_dir  # the resumed run logs to a new run, which also gets the layout
     assert custom_scalars_layout(first.log_dir) == custom_scalars_layout(second.log_dir) == drift_layout_charts()
-    assert [e.step for e in probe_run(second.log_dir, "doubling").Scalars("head_drift/pearson")] == [3, 4]
+    assert [e.step for e in probe_run(second.log_dir, "doubling").Scalars("drift/pearson")] == [3, 4]
     assert resumed_callback.done_steps == [0, 1, 2, 3, 4]
     assert len(calls) == 2  # steps 3 and 4 only
     torch.testing.assert_close(resumed_callback.base_patterns["doubling"], whole.base_patterns["doubling"])
@@ -326,6 +329,56 @@ def test_resume_from_a_checkpoint_without_the_callback_is_refused(tmp_path, prob
             HandWrittenModule(), train_loader(tokenizer), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=2.ckpt"))
 
 
+def _fit_with_checkpoints(directory: Path, probes, tokenizer, max_steps: int, ckpt_path: Path | None = None):
+    """A fit logging under `directory` (its default_root_dir), checkpoints every 2 steps in `directory`/ckpt."""
+    L.seed_everything(5)
+    callback = HeadActivationCallback({"doubling": probes["doubling"]}, every_n_steps=1, log_images=False)
+    checkpoint = ModelCheckpoint(dirpath=directory / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    trainer = make_trainer(directory, [callback, checkpoint], max_steps=max_steps)
+    trainer.fit(HandWrittenModule(), train_loader(tokenizer, count=8), ckpt_path=ckpt_path)
+    return callback
+
+
+def _forged(checkpoint: Path, change) -> Path:
+    """A copy of `checkpoint` whose HeadActivationCallback state `change(state)` edited."""
+    content = torch.load(checkpoint, weights_only=True)
+    (state,) = [value for key, value in content["callbacks"].items() if key.startswith("HeadActivationCallback")]
+    change(state)
+    forged = checkpoint.with_name("forged.ckpt")
+    torch.save(content, forged)
+    return forged
+
+
+def test_a_copied_run_folder_resumes_into_its_copy(tmp_path, probes, tokenizer):
+    """`cp -r a b`, then resume b's checkpoint under b: b's patterns go on, a's stay as they were."""
+    _fit_with_checkpoints(tmp_path / "a", probes, tokenizer, 2)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    original = {path: path.read_bytes() for path in (tmp_path / "a").rglob("*") if path.is_file()}
+    _fit_with_checkpoints(tmp_path / "b", probes, tokenizer, 4, tmp_path / "b" / "ckpt" / "epoch=0-step=2.ckpt")
+    assert {path: path.read_bytes() for path in (tmp_path / "a").rglob("*") if path.is_file()} == original
+    assert sorted(load_patterns(tmp_path / "b" / "logs" / "version_0" / "head_patterns")["doubling"]) == [0, 1, 2, 3, 4]
+
+
+def test_a_checkpoint_does_not_choose_where_the_run_writes_or_its_base(tmp_path, probes, tokenizer):
+    run = tmp_path / "run"
+    first = _fit_with_checkpoints(run, probes, tokenizer, 2)
+    checkpoint = run / "ckpt" / "epoch=0-step=2.ckpt"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("mine")
+    forged = _forged(checkpoint, lambda state: state.update(save_dir=str(victim)))
+    with pytest.raises(ValueError, match=f"names the patterns directory {victim}, which lies outside this run's "
+                                         f"default_root_dir {run}"):
+        _fit_with_checkpoints(run, probes, tokenizer, 4, forged)
+    assert [path.name for path in victim.iterdir()] == ["notes.txt"]
+
+    step_2 = load_patterns(first._resolved_save_dir)["doubling"][2]
+    forged = _forged(checkpoint, lambda state: state["base_patterns"].update(doubling=step_2))
+    with pytest.raises(ValueError, match="base pattern of probe 'doubling' is not the step-0 pattern"):
+        _fit_with_checkpoints(run, probes, tokenizer, 4, forged)
+    assert sorted(load_patterns(first._resolved_save_dir)["doubling"]) == [0, 1, 2]
+
+
 def test_base_is_probed_when_the_schedule_lacks_step_0(tmp_path, probes, tokenizer):
     module = HandWrittenModule()
     base_model = LlamaForCausalLM(tiny_llama_config())
@@ -338,7 +391,7 @@ def test_base_is_probed_when_the_schedule_lacks_step_0(tmp_path, probes, tokeniz
     assert sorted(saved) == [0, 2]
     examples = load_examples(probes["doubling"], tokenizer)
     torch.testing.assert_close(saved[0], activation_pattern(base_model, [collate(examples, 0)]), rtol=1e-5, atol=0)
-    mse = load_index(Path(trainer.log_dir) / "head_patterns")["probes"]["doubling"]["metrics"][2]["head_drift/mse"]
+    mse = load_index(Path(trainer.log_dir) / "head_patterns")["probes"]["doubling"]["metrics"][2]["drift/mse"]
     assert mse == pytest.approx(float(((saved[2] - saved[0]) ** 2).mean()), rel=1e-5)
 
 
@@ -386,8 +439,9 @@ def test_diverged_model_stops_with_probe_step_and_loss(tmp_path, probes, tokeniz
     callback = HeadActivationCallback({"doubling": probes["doubling"]}, every_n_steps=1, log_images=False)
     trainer = make_trainer(tmp_path, [PoisonWeights(), callback], max_steps=3)
     with pytest.raises(FloatingPointError, match=r"probe 'doubling' at step 1: the model has diverged "
-                                                 r"\(probe loss nan, 8 of 8 head scores not finite\)"):
+                                                 r"\(probe loss nan, 8 of 8 head scores not finite\)") as error:
         trainer.fit(HandWrittenModule(), train_loader(tokenizer))
+    assert user_error_message(error.value) == str(error.value)  # train.py prints it as one line, no traceback
 
 
 def test_two_identical_callbacks_say_what_to_change(tmp_path, probes, tokenizer):
@@ -440,10 +494,10 @@ def test_other_loggers_get_scalars_through_log_metrics(tmp_path, probes, tokeniz
     trainer = make_trainer(tmp_path, [callback], max_steps=2, logger=logger)
     trainer.fit(HandWrittenModule(), train_loader(tokenizer))
     rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
-    logged = [row for row in rows if row.get("head_drift/doubling/pearson")]
+    logged = [row for row in rows if row.get("drift/doubling/pearson")]
     assert [int(row["step"]) for row in logged] == [0, 2]
     saved = load_patterns(Path(logger.log_dir) / "head_patterns")["doubling"]
-    assert float(logged[1]["head_drift/doubling/mse"]) == pytest.approx(
+    assert float(logged[1]["drift/doubling/mse"]) == pytest.approx(
         float(((saved[2] - saved[0]) ** 2).mean()), rel=1e-5)
 
 
@@ -477,6 +531,23 @@ def test_bad_probe_set_fails_at_fit_start_with_its_name(tmp_path, tokenizer, con
         assert message in str(error.value)
 
 
+@pytest.mark.parametrize("rows, message", [
+    ([{"input_ids": [1, 2, 3]}], r"pre-tokenized example 0 needs 'input_ids' and 'labels' lists of integers .*"
+                                 r"it has \['input_ids'\]"),
+    ([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [1, 2], "labels": 5}],
+     r"pre-tokenized example 1 needs 'input_ids' and 'labels' lists of integers"),
+    ([{"input_ids": [1, 2, 300], "labels": [-100, 2, 3]}],
+     r"pre-tokenized example 0 holds token id 300, outside the model's vocabulary of 259 ids \(0 to 258\)"),
+    ([{"input_ids": [1, 2, 3], "labels": [-100, 2, -5]}], r"pre-tokenized example 0 holds token id -5, outside"),
+])
+def test_bad_pre_tokenized_probe_is_refused_at_fit_start_naming_it(tmp_path, tokenizer, rows, message):
+    callback = HeadActivationCallback({"tiny_probe": rows})
+    trainer = make_trainer(tmp_path, [callback], max_steps=5)
+    with pytest.raises(ValueError, match=r"^probe set 'tiny_probe' \(\d pre-tokenized examples\): " + message):
+        trainer.fit(HandWrittenModule(), train_loader(tokenizer))
+    assert trainer.global_step == 0 and not list(tmp_path.rglob("index.json"))
+
+
 def test_steps_beyond_max_steps_warn(tmp_path, probes, tokenizer):
     callback = HeadActivationCallback({"doubling": probes["doubling"]}, steps=[0, 2, 50])
     with pytest.warns(UserWarning, match=r"\[50\].*max_steps=2"):
@@ -487,6 +558,12 @@ def test_steps_beyond_max_steps_warn(tmp_path, probes, tokenizer):
 def test_unsafe_probe_names_are_refused(name):
     with pytest.raises(ValueError, match="not safe"):
         HeadActivationCallback({name: "x.jsonl"})
+
+
+def test_a_probe_name_too_long_for_a_file_name_is_refused_when_the_callback_is_built():
+    """Before the model loads (the CLI builds callbacks first): the run folder `probe_<name>` must fit in 255 bytes."""
+    with pytest.raises(ValueError, match="is 250 characters long; at most 249"):
+        HeadActivationCallback({"p" * 250: "x.jsonl"})
 
 
 def test_duplicate_probe_names_are_refused():

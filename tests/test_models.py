@@ -17,7 +17,7 @@ from lightning_sft import models
 from lightning_sft.data import collate_batches, load_examples
 from lightning_sft.models import REAL_MODEL, load_config, load_model, load_tokenizer, packaged_gguf, pad_token_id
 from lightning_sft.module import SFTModule
-from lightning_sft.patterns import score_heads
+from lightning_sft.scorer.patterns import score_heads
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is missing: pip install gguf (or make real-model)")
 

@@ -19,6 +19,7 @@ from lightning_sft.data import SFTDataModule
 import lightning_sft.module
 from lightning_sft import precision
 from lightning_sft.module import SFTModule, export_hf, lr_multiplier
+from lightning_sft.user_errors import user_error_message
 from tests.conftest import tiny_llama_config
 
 TINY = {"model_type": "llama", **tiny_llama_config().to_diff_dict()}
@@ -150,6 +151,13 @@ def test_cpu_bf16_cost_reads_torch_capability_queries(monkeypatch, onednn_bf16, 
     assert found is None if cost is None else f"about {cost} slower than float32" in found
 
 
+def test_cpu_bf16_cost_says_when_torch_cannot_tell(monkeypatch):
+    """torch 2.6 (the lowest declared) has no torch.cpu.get_capabilities: say so rather than guess."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
+    assert "cannot tell whether this CPU has native bf16" in precision.cpu_bf16_cost()
+
+
 @pytest.mark.parametrize(("trainer_precision", "dtype", "warns"), [
     ("bf16-true", "float32", True), ("bf16-mixed", "float32", True),
     ("32-true", "bfloat16", True),  # 32-true leaves bf16-loaded weights bf16
@@ -260,3 +268,47 @@ def test_pretrained_model_trains_with_dropout_and_validates_without(tmp_path):
     trainer.fit(module, datamodule=data)
     assert module.same_loss_twice["train"] == [False] * 3
     assert module.same_loss_twice["val"] and all(module.same_loss_twice["val"])
+
+
+def _tree(folder: Path) -> dict[str, bytes | str]:
+    """Every entry under `folder`: file bytes, link targets, folder marks."""
+    return {path.relative_to(folder).as_posix(): (os.readlink(path) if path.is_symlink() else
+                                                  path.read_bytes() if path.is_file() else "dir")
+            for path in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("export_dir", [".", "..", "head_patterns", "users_folder", "link_to_export"])
+def test_export_dir_that_is_no_earlier_export_is_refused_before_training(tmp_path, export_dir):
+    """The export replaces only an earlier export of this project (its marker file); the run's own folder, a
+    folder above it, another folder of the run or of the user, or a link are refused in one line, untouched."""
+    run = tmp_path / "run"
+    (run / "head_patterns").mkdir(parents=True)
+    (run / "head_patterns" / "index.json").write_text("{}")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (tmp_path / "users_folder").mkdir()
+    (tmp_path / "users_folder" / "thesis.tex").write_text("years of work")
+    export_hf(attached_module(tmp_path / "earlier"), tmp_path / "earlier" / "hf_export")
+    (tmp_path / "link_to_export").symlink_to(tmp_path / "earlier" / "hf_export", target_is_directory=True)
+    target = str(tmp_path / export_dir) if export_dir in ("users_folder", "link_to_export") else export_dir
+    data = SFTDataModule(train=str(write_rows(tmp_path / "train.jsonl")), batch_size=4, val_fraction=0)
+    before = _tree(tmp_path)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        default_root_dir=run, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="export_dir") as error:
+        trainer.fit(tiny_module(export_dir=target), datamodule=data)
+    assert trainer.global_step == 0 and _tree(tmp_path) == before
+    assert user_error_message(error.value) is not None and "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="export_dir"):  # the export itself checks again at the end
+        export_hf(attached_module(run), (run / target))
+    assert _tree(tmp_path) == before
+
+
+def test_export_replaces_an_earlier_export_and_clears_a_link_left_aside_by_an_old_swap(tmp_path):
+    export_hf(attached_module(tmp_path), tmp_path / "hf_export")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / ".hf_export.old-0123").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "hf_export" / "stale.txt").write_text("from the earlier export")
+    export_hf(attached_module(tmp_path), tmp_path / "hf_export")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["elsewhere", "hf_export"]
+    assert not (tmp_path / "hf_export" / "stale.txt").exists() and (tmp_path / "hf_export" / "config.json").exists()

@@ -1,7 +1,8 @@
-"""lightning_sft.patterns: head scores against the naive computation, batching, leaving the model as found,
+"""lightning_sft.scorer.patterns: head scores against the naive computation, batching, leaving the model as found,
 refused inputs and families, torch.distributed and DeepSpeed ZeRO-2/3."""
 
 import copy
+import functools
 import os
 import socket
 
@@ -11,10 +12,10 @@ import torch.multiprocessing as mp
 import transformers
 from safetensors.torch import load_file, save_file
 
-from lightning_sft import head_scored_attention, patterns
+from lightning_sft.scorer import head_scored_attention, patterns
 from lightning_sft.data import collate
-from lightning_sft.head_scored_attention import HeadScoredAttention
-from lightning_sft.patterns import activation_pattern, score_heads
+from lightning_sft.scorer.head_scored_attention import HeadScoredAttention
+from lightning_sft.scorer.patterns import activation_pattern, score_heads
 from tests.conftest import tiny_llama_config
 from tests.test_cpu_kernel import count_kernel_calls
 
@@ -104,6 +105,8 @@ WITHOUT_KERNEL = ("gemma2_softcap_sliding", "gpt_oss_sinks_moe")
 # Where the exactness tests also run on a GPU (benchmarks/gpu_check.sh): plain grouped-query attention,
 # soft-capping with sliding windows, attention sinks.
 DEVICE_FAMILIES = ("llama_gqa", "gemma2_softcap_sliding", "gpt_oss_sinks_moe")
+# Also checked against the lowest declared versions (make test-lowest): the device families and absolute positions.
+LOWEST_FAMILIES = DEVICE_FAMILIES + ("gpt2",)
 # float32 on CUDA sums in other orders (cuBLAS) than the CPU reference; a wrong formula is off by O(1).
 CUDA_TOLERANCE = 1e-4
 
@@ -131,12 +134,34 @@ def check_against_naive(model: transformers.PreTrainedModel, lengths: tuple[int,
     assert_close(scores.pattern, expected.mean(0), rtol)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+def allow_documented_logits_to_keep_only(monkeypatch, model_class: type) -> None:
+    """Wrap `model_class.forward` so that `logits_to_keep` in any form transformers does not document (an int
+    or a 1-D index tensor) raises, as transformers 5.17 did for a [batch, T] mask (IndexError mid-fit)."""
+    forward = model_class.forward
+
+    @functools.wraps(forward)  # keeps the signature the scorer reads (position_ids)
+    def checked(self, *args, **kwargs):
+        keep = kwargs.get("logits_to_keep", 0)
+        if not (isinstance(keep, int) or (isinstance(keep, torch.Tensor) and keep.dim() == 1)):
+            raise TypeError(f"logits_to_keep={getattr(keep, 'shape', keep)}: not an int or a 1-D index tensor")
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(model_class, "forward", checked)
+
+
+@pytest.mark.parametrize("family", [pytest.param(family, marks=[pytest.mark.lowest] * (family in LOWEST_FAMILIES))
+                                    for family in FAMILIES])
 def test_matches_naive_per_family(monkeypatch, family, device):
     """Also: on CPU every layer's backward of each batch goes through the C++ kernel exactly once (the
-    first layer's without input gradients), except in the families it cannot compute."""
+    first layer's without input gradients), except in the families it cannot compute; and scoring passes
+    the model's forward only documented arguments (`logits_to_keep` an int or 1-D)."""
     calls = count_kernel_calls(monkeypatch) if device.type == "cpu" else []
+    allow_documented_logits_to_keep_only(monkeypatch, FAMILIES[family][0])
     model = build(family)
+    if not model._supports_attention_backend:  # GPT-J in transformers 5.17 (not in 5.0 or 5.25): refused
+        with pytest.raises(NotImplementedError, match="sets _supports_attention_backend=False"):
+            score_heads(model, [collate(random_examples([8]), 0)])
+        return
     check_against_naive(model, device=device)
     uses_kernel = device.type == "cpu" and family not in WITHOUT_KERNEL
     layers = [True] * (model.config.num_hidden_layers - 1) + [False]  # backward runs the last layer first
@@ -211,10 +236,22 @@ def test_refuses_bad_batches(tiny_llama):
         score_heads(tiny_llama, [])
 
 
+def all_configs(model: transformers.PreTrainedModel) -> list:
+    """Every config object the model and its sub-models read their attention implementation from."""
+    found, pending = {}, [model.config]
+    pending += [module.config for module in model.modules() if isinstance(module, transformers.PreTrainedModel)]
+    while pending:
+        config = pending.pop()
+        if id(config) not in found:
+            found[id(config)] = config
+            pending += [getattr(config, key) for key in config.sub_configs if getattr(config, key) is not None]
+    return list(found.values())
+
+
 def model_state(model: torch.nn.Module) -> dict:
     return {
         "modes": [module.training for module in model.modules()],
-        "attention": [config._attn_implementation for config in patterns._configs(model)],
+        "attention": [config._attn_implementation for config in all_configs(model)],
         "requires_grad": [parameter.requires_grad for parameter in model.parameters()],
         "grads": [None if parameter.grad is None else parameter.grad.clone() for parameter in model.parameters()],
         "weights": [parameter.detach().clone() for parameter in model.parameters()],
@@ -331,12 +368,12 @@ def test_multimodal_model_scores_its_text_decoder_only():
     batches = [collate(random_examples([10, 7]), 0)]
     scores = score_heads(model, batches)  # the vision tower's attention (no layer_idx) would be refused
     assert_close(scores.per_example, naive_scores(model, batches)[0])
-    assert {config._attn_implementation for config in patterns._configs(model)} == {"sdpa"}
+    assert {config._attn_implementation for config in all_configs(model)} == {"sdpa"}
 
 
 def test_attention_function_refuses_use_outside_scoring(tiny_llama):
     tiny_llama.set_attn_implementation(patterns.ATTENTION_NAME)
-    with pytest.raises(RuntimeError, match="only works inside lightning_sft.patterns.score_heads"):
+    with pytest.raises(RuntimeError, match="only works inside lightning_sft.scorer.patterns.score_heads"):
         tiny_llama(input_ids=torch.tensor([[5, 6, 7]]))
 
 

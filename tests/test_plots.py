@@ -7,7 +7,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from lightning_sft.plots import (
     CorrelationHeatmap, PatternHeatmap, correlation_heatmap, crowds_start, drift_figure, pattern_heatmap,
-    pattern_limits,
+    pattern_limits, probe_colours,
 )
 
 
@@ -88,8 +88,15 @@ def test_drift_figure_is_symlog_where_steps_crowd_the_start(steps, symlog):
     figure = drift_figure({"a": {s: (1.0 - s / 1000, s / 1000) for s in steps}, "b": {s: (1.0, 0.0) for s in steps}})
     pearson_axes, mse_axes = figure.axes[:2]
     assert pearson_axes.get_xscale() == mse_axes.get_xscale() == ("symlog" if symlog else "linear")
-    assert [text.get_text() for text in mse_axes.get_legend().get_texts()] == ["a", "b"]
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["a", "b"]
     assert len(pearson_axes.get_lines()) == len(mse_axes.get_lines()) == 2
+
+
+def test_correlation_heatmap_names_each_probe_in_its_colour():
+    names = ["reversal", "addition", "sorting"]
+    axes = correlation_heatmap(names, np.eye(3), "change correlation").axes[0]
+    for label in [*axes.get_xticklabels(), *axes.get_yticklabels()]:
+        assert matplotlib.colors.to_hex(label.get_color()) == probe_colours(names)[label.get_text()]
 
 
 def test_correlation_heatmap_keeps_long_probe_names_inside_the_figure():
@@ -101,3 +108,48 @@ def test_correlation_heatmap_keeps_long_probe_names_inside_the_figure():
         box = label.get_window_extent(renderer)
         assert box.x0 >= 0 and box.y0 >= 0, label.get_text()
         assert box.x1 <= heatmap.figure.bbox.x1 and box.y1 <= heatmap.figure.bbox.y1, label.get_text()
+
+
+DEMO_STEPS = [0, 1, 4, 16, 64, 256, 1024, 1500]  # the demo's schedule and its last step
+DEMO_PROBES = ["addition", "reversal", "sorting", "counting", "reversed_sum"]
+
+
+def demo_drift() -> dict[str, dict[int, tuple[float, float]]]:
+    return {name: {step: (1 - 0.01 * i * np.log1p(step), 0.002 * (i + 1) * np.log1p(step)) for step in DEMO_STEPS}
+            for i, name in enumerate(DEMO_PROBES)}
+
+
+def test_drift_figure_reads_at_tensorboards_image_card_width():
+    """TensorBoard's image card shows the figure about 340 px wide: every text is then at least 9 px tall."""
+    figure = drift_figure(demo_drift())
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    scale = 340 / canvas.get_width_height()[0]
+    texts = [text for text in figure.findobj(matplotlib.text.Text) if text.get_visible() and text.get_text()]
+    assert len(texts) > 20
+    for text in texts:
+        assert text.get_fontsize() * figure.dpi / 72 * scale >= 9, (text.get_text(), text.get_fontsize())
+
+
+def test_drift_figure_step_labels_do_not_overlap_and_keep_the_first_and_last_step():
+    figure = drift_figure(demo_drift())
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    labels = [label for label in figure.axes[1].get_xticklabels() if label.get_visible() and label.get_text()]
+    assert labels[0].get_text() == "0" and labels[-1].get_text() == "1500"
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    for left, right in zip(boxes, boxes[1:]):
+        assert left.x1 < right.x0, "step labels overlap"
+    assert figure.bbox.x0 <= boxes[0].x0 and boxes[-1].x1 <= figure.bbox.x1
+
+
+def test_each_probe_has_its_colour_in_both_panels_whatever_the_order_of_the_probes():
+    colours = probe_colours(DEMO_PROBES)
+    assert len(set(colours.values())) == len(DEMO_PROBES)
+    reordered = dict(reversed(demo_drift().items()))
+    for drift in (demo_drift(), reordered):
+        figure = drift_figure(drift)
+        for axes in figure.axes[:2]:
+            drawn = {line.get_label(): matplotlib.colors.to_hex(line.get_color()) for line in axes.get_lines()}
+            assert drawn == colours

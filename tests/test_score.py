@@ -12,7 +12,7 @@ from transformers import LlamaForCausalLM
 
 from lightning_sft import score
 from lightning_sft.data import collate, load_examples
-from lightning_sft.patterns import score_heads
+from lightning_sft.scorer.patterns import score_heads
 from lightning_sft.storage import load_pattern_file
 
 DATA = Path(__file__).parents[1] / "data" / "benchmarks"
@@ -64,6 +64,11 @@ def test_user_errors_are_one_line(model_dir, capsys, tmp_path):
     error = _fails(capsys, "--model", model_dir, "--probe", tmp_path / "missing.jsonl", "--out", tmp_path / "x")
     assert error.startswith("error: ") and "missing.jsonl" in error and error.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_out_that_is_a_directory_is_refused_before_the_model_loads(capsys, tmp_path):
+    error = _fails(capsys, "--model", tmp_path / "nowhere", "--probe", DATA / "gsm8k.jsonl", "--out", tmp_path)
+    assert error == f"error: --out {tmp_path} is an existing directory; pass the path of the file to write\n"
 
 
 def test_missing_probe_through_the_entry_point_has_no_traceback(model_dir, tmp_path):

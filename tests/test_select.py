@@ -10,7 +10,7 @@ import numpy as np
 from transformers import LlamaForCausalLM
 
 from lightning_sft.data import collate, load_examples, tokenize_rows
-from lightning_sft.patterns import activation_pattern
+from lightning_sft.scorer.patterns import activation_pattern
 from lightning_sft.select import main
 from tests.test_analysis import _pearson, _short_rows
 
@@ -74,6 +74,15 @@ def test_select_refuses_malformed_pool_rows(model_dir, capsys, tmp_path):
                                "--out", tmp_path / "chosen.jsonl")
     assert status == 1 and "--k 3 but only 2 of the 2 pool rows can be scored" in error
     assert not (tmp_path / "chosen.jsonl").exists()
+
+
+def test_out_that_is_a_directory_is_refused_before_the_model_loads(capsys, tmp_path):
+    target = tmp_path / "target.jsonl"
+    target.write_text("".join(json.dumps(row) + "\n" for row in _short_rows("math", 2)))
+    status, _, error = _select(capsys, "--model", tmp_path / "nowhere", "--target", target, "--pool", target,
+                               "--k", 1, "--out", tmp_path)
+    assert status == 1
+    assert error == f"error: --out {tmp_path} is an existing directory; pass the path of the file to write\n"
 
 
 def test_missing_model_is_one_error_line(tmp_path):

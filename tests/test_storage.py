@@ -1,6 +1,7 @@
 """lightning_sft.storage: round trips, the index, atomic writes and refused inputs."""
 
 import json
+import multiprocessing
 import os
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from safetensors import safe_open
 
 from lightning_sft import storage
+from lightning_sft.user_errors import user_error_message
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -49,12 +51,12 @@ def test_no_temp_files_left_and_failed_write_keeps_old_file(tmp_path, monkeypatc
     storage.save_pattern(tmp_path, "arc", 0, torch.rand(2, 4))
     storage.save_pattern(tmp_path, "arc", 1, torch.rand(2, 4))
     names = sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*"))
-    assert names == ["arc", "arc/step_00000000.safetensors", "arc/step_00000001.safetensors", "index.json"]
+    assert names == [".lock", "arc", "arc/step_00000000.safetensors", "arc/step_00000001.safetensors", "index.json"]
 
     target = tmp_path / "note.txt"
     storage.atomic_write_text(target, "old")
 
-    def fail(*args):
+    def fail(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", fail)
@@ -150,3 +152,105 @@ def test_save_scores_round_trip(tmp_path):
         assert file.metadata() == {"format_version": "1", "model": "tiny", "source": "gsm8k.jsonl"}
     with pytest.raises(ValueError, match="not a str"):
         storage.save_scores(path, per_example.mean(0), per_example, losses, metadata={"examples": 3})
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_layers", "2", "'num_layers' is \"2\"; expected an int >= 1"),
+    ("num_heads", True, "'num_heads' is true; expected an int >= 1"),
+    ("run_id", 7, "'run_id' is 7; expected a string"),
+    ("steps", ["0"], "'probes.gsm8k.steps' is \\[\"0\"\\]; expected a list of ints >= 0"),
+    ("metrics", {"zero": {"gini": 0.1}}, "'probes.gsm8k.metrics' has step key 'zero'"),
+    ("metrics", {"0": {"gini": "0.1"}}, "'probes.gsm8k.metrics.0' is"),
+    ("probe", "../up", "probe name '../up' is not safe"),
+])
+def test_index_fields_of_the_wrong_type_are_an_error_naming_the_field(tmp_path, field, value, message):
+    storage.save_pattern(tmp_path, "gsm8k", 0, torch.rand(2, 4), metrics={"gini": 0.1}, run_id="a")
+    index = json.loads((tmp_path / "index.json").read_text())
+    if field in ("steps", "metrics"):
+        index["probes"]["gsm8k"][field] = value
+    elif field == "probe":
+        index["probes"][value] = index["probes"].pop("gsm8k")
+    else:
+        index[field] = value
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    for read in (storage.load_index, storage.load_patterns):
+        with pytest.raises(ValueError, match=f"{tmp_path / 'index.json'}: .*{message}") as error:
+            read(tmp_path)
+        assert user_error_message(error.value) is not None  # one line from train.py, no traceback
+
+
+def test_probe_names_too_long_for_a_file_name_are_refused(tmp_path):
+    """A probe is a folder `<probe>` and a TensorBoard run `probe_<probe>`: 255 bytes at most (Linux NAME_MAX)."""
+    longest = "p" * (255 - len("probe_"))
+    storage.save_pattern(tmp_path, longest, 0, torch.rand(2, 4))
+    (tmp_path / f"probe_{longest}").mkdir()  # the TensorBoard run's folder name fits too
+    with pytest.raises(ValueError, match="is 250 characters long; at most 249"):
+        storage.check_probe_name(longest + "p")
+
+
+@pytest.mark.parametrize("planted", ["before the first save", "after the first save"])
+def test_a_probe_folder_planted_as_a_link_is_not_followed(tmp_path, planted):
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    store.mkdir()
+    outside.mkdir()
+    if planted == "after the first save":
+        storage.save_pattern(store, "gsm8k", 0, torch.rand(2, 4))
+        for path in (store / "gsm8k").iterdir():
+            path.unlink()
+        (store / "gsm8k").rmdir()
+    (store / "gsm8k").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ValueError, match=f"{store / 'gsm8k'} is a symbolic link") as error:
+        storage.save_pattern(store, "gsm8k", 1, torch.rand(2, 4))
+    assert user_error_message(error.value) is not None
+    assert not any(outside.iterdir())
+
+
+def test_a_store_that_becomes_unwritable_is_one_line_naming_it(tmp_path, monkeypatch):
+    storage.save_pattern(tmp_path, "gsm8k", 0, torch.rand(2, 4))
+    real_open = os.open
+
+    def refuse(path, flags, *args, **kwargs):  # what a read-only mount or a chmod answers (root ignores chmod)
+        if flags & os.O_CREAT and str(path).endswith(".tmp"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(OSError) as error:
+        storage.save_pattern(tmp_path, "gsm8k", 1, torch.rand(2, 4))
+    message = user_error_message(error.value)
+    assert message is not None and str(tmp_path) in message and "Permission denied" in message, message
+
+
+def _save_concurrently(store_root, run_id, trials, barrier, refused):
+    """One of two processes: in each trial, save steps 0-3 of one probe into the trial's store as `run_id`."""
+    for trial in range(trials):
+        barrier.wait()
+        try:
+            for step in range(4):
+                storage.save_pattern(f"{store_root}/{trial}", "gsm8k", step, torch.full((2, 4), float(run_id)),
+                                     run_id=str(run_id))
+        except ValueError:
+            refused.put((run_id, trial))
+
+
+def test_two_processes_writing_one_store_never_mix_their_runs(tmp_path):
+    """The run-id check, the pattern files and the index are one locked update: the first run to write a store
+    owns it, the other is refused, and every file the index lists holds the owner's pattern."""
+    trials = 12
+    context = multiprocessing.get_context("spawn")
+    barrier, refused = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_save_concurrently, args=(str(tmp_path), run_id, trials, barrier, refused))
+               for run_id in (1, 2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=600)
+        assert worker.exitcode == 0
+    refusals = sorted(refused.get(timeout=10)[1] for _ in range(trials))
+    assert refusals == list(range(trials))  # each trial: exactly one of the two runs refused
+    for trial in range(trials):
+        index = storage.load_index(tmp_path / str(trial))
+        owner = float(index["run_id"])
+        patterns = storage.load_patterns(tmp_path / str(trial))["gsm8k"]
+        assert sorted(patterns) == [0, 1, 2, 3]
+        assert all(torch.equal(pattern, torch.full((2, 4), owner)) for pattern in patterns.values()), trial

@@ -73,10 +73,11 @@ def test_logs_every_task_metric_to_every_logger_on_the_schedule(tmp_path, tasks)
 
     events = EventAccumulator(loggers[0].log_dir, size_guidance={"tensors": 0}).Reload()
     layouts = events.Tensors("custom_scalars__config__")
-    assert len(layouts) == 5  # rewritten at every evaluation: the same layout HeadActivationCallback writes
+    assert len(layouts) == 5  # rewritten at every evaluation
     layout = layout_pb2.Layout.FromString(layouts[-1].tensor_proto.string_val[0])
-    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
-    assert charts["eval accuracy"] == ["^eval/.*"] and charts["pearson vs base"] == ["^head_drift/pearson$"]
+    charts = {category.title: {chart.title: list(chart.multiline.tag) for chart in category.chart}
+              for category in layout.category}
+    assert charts == {"eval": {"eval accuracy": ["^eval/.*"]}}  # no charts for probes this run does not have
     for tag in ("eval/winogrande/acc", "eval/reversed_sum/exact_match"):
         assert [event.step for event in events.Scalars(tag)] == [0, 1, 2, 4, 5]
     with open(Path(loggers[1].log_dir) / "metrics.csv") as file:
@@ -85,8 +86,11 @@ def test_logs_every_task_metric_to_every_logger_on_the_schedule(tmp_path, tasks)
 
     tokenizer = module.tokenizer
     winogrande = load_task("winogrande", tasks["winogrande"], max_examples=4)
-    assert events.Scalars("eval/winogrande/acc")[0].value == pytest.approx(
-        evaluate(base, tokenizer, winogrande)["acc"])
+    base_result = evaluate(base, tokenizer, winogrande)
+    assert events.Scalars("eval/winogrande/acc")[0].value == pytest.approx(base_result["acc"])
+    # the standard error beside it, off the accuracy chart (whose regex is ^eval/)
+    assert events.Scalars("eval_stderr/winogrande/acc")[0].value == pytest.approx(base_result["acc_stderr"])
+    assert [event.step for event in events.Scalars("eval_stderr/reversed_sum/exact_match")] == [0, 1, 2, 4, 5]
     assert float(rows[-1]["eval/winogrande/acc"]) == pytest.approx(
         evaluate(module.net, tokenizer, winogrande)["acc"])
 

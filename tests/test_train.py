@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -95,6 +96,82 @@ def test_sigterm_exits_143_after_the_checkpoint(tmp_path):
     assert [path.name for path in (tmp_path / "checkpoints").iterdir()] == ["epoch=0-step=3.ckpt"]
 
 
+def checkpoint_callbacks(config: Path) -> list[dict]:
+    return [callback for callback in yaml.safe_load(config.read_text())["trainer"].get("callbacks", [])
+            if callback["class_path"].endswith("ModelCheckpoint")]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_shipped_config_checkpoints_periodically_and_when_stopped(config):
+    """A preempted job (SIGTERM) or a crash keeps a checkpoint; a killed one (SIGKILL) the latest periodic one."""
+    settings = yaml.safe_load(config.read_text())["trainer"]
+    assert settings.get("enable_checkpointing", True)
+    (checkpoint,) = checkpoint_callbacks(config)
+    assert checkpoint["init_args"]["save_on_exception"] is True and checkpoint["init_args"]["save_last"] == "link"
+    assert 0 < checkpoint["init_args"]["every_n_train_steps"] <= settings.get("max_steps", 10**9)
+
+
+def test_the_shipped_checkpointing_leaves_a_checkpoint_on_sigterm_that_resumes(tmp_path):
+    terminate = {"class_path": "tests.interrupt.TerminateAtStep", "init_args": {"step": 3}}
+    config = write_tiny_config(tmp_path, [*checkpoint_callbacks(ROOT / "configs" / "demo.yaml"), terminate])
+    run_train("fit", "--config", str(config), returncode=128 + signal.SIGTERM)
+    checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["epoch=0-step=3.ckpt", "last.ckpt"]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 3
+    cli = main(["fit", "--config", str(config), "--trainer.callbacks", "[]", "--trainer.max_steps", "4",
+                "--ckpt_path", str(checkpoints / "last.ckpt")])
+    assert cli.trainer.global_step == 4
+
+
+def tiny_run_with_patterns(tmp_path: Path) -> Path:
+    """A tiny config whose runs all log into one folder (a fixed logger version), with head patterns."""
+    probe = {"class_path": "callbacks.HeadActivationCallback",
+             "init_args": {"probes": {"p": [{"input_ids": [1, 40, 41], "labels": [-100, 40, 41]}]},
+                           "log_images": False}}
+    config = write_tiny_config(tmp_path, [probe])
+    settings = yaml.safe_load(config.read_text())
+    settings["trainer"]["max_steps"] = 2
+    settings["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                                     "init_args": {"save_dir": str(tmp_path), "version": "fixed"}}
+    config.write_text(yaml.safe_dump(settings))
+    return config
+
+
+def test_a_run_refused_for_its_folder_keeps_that_folders_config(tmp_path):
+    config = tiny_run_with_patterns(tmp_path)
+    main(["fit", "--config", str(config)])
+    recorded = tmp_path / "lightning_logs" / "fixed" / "config.yaml"
+    first = recorded.read_text()
+    with pytest.raises(ValueError, match="already holds the patterns of another run"):
+        main(["fit", "--config", str(config), "--model.learning_rate", "0.5"])
+    assert recorded.read_text() == first
+
+
+def test_a_checkpoints_settings_are_compared_never_applied(tmp_path):
+    """LightningCLI would apply a checkpoint's hyper_parameters over the user's model settings: here a
+    checkpoint naming another export_dir (a folder of the user's, which the export would replace) and
+    learning rate is refused, naming both; the genuine checkpoint resumes."""
+    checkpoint = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                  "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}
+    config = write_tiny_config(tmp_path, [checkpoint])
+    main(["fit", "--config", str(config), "--trainer.max_steps", "2"])
+    victim = tmp_path / "users_folder"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("mine")
+    content = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    content["hyper_parameters"].update(export_dir=str(victim), learning_rate=0.5)
+    torch.save(content, tmp_path / "forged.ckpt")
+    with pytest.raises(ValueError) as error:
+        main(["fit", "--config", str(config), "--trainer.max_steps", "3", "--ckpt_path", str(tmp_path / "forged.ckpt")])
+    message = str(error.value)
+    assert f"export_dir: \"{victim}\" in the checkpoint, null here" in message, message
+    assert "learning_rate: 0.5 in the checkpoint, 1e-05 here" in message, message
+    assert [path.name for path in victim.iterdir()] == ["notes.txt"]
+    cli = main(["fit", "--config", str(config), "--trainer.max_steps", "3",
+                "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
+    assert cli.trainer.global_step == 3
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *names: str) -> None:
     last = result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr and "Union subtypes" not in result.stderr, result.stderr[-3000:]
@@ -122,8 +199,15 @@ def test_a_bug_keeps_its_traceback(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.lowest
 def test_demo_config_fits_offline_and_leaves_checkpoint_events_export(tmp_path):
-    run_train("fit", "--config", "configs/demo.yaml", "--trainer.default_root_dir", str(tmp_path),
+    """The demo config with TaskAccuracyCallback added beside its HeadActivationCallback."""
+    config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    config["trainer"]["callbacks"].append({"class_path": "callbacks.TaskAccuracyCallback", "init_args": {
+        "tasks": {"addition": str(ROOT / "demo" / "data" / "addition_probe.jsonl")}, "steps": [0, 8],
+        "max_examples": 4, "max_new_tokens": 4}})
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(config))
+    run_train("fit", "--config", str(tmp_path / "both.yaml"), "--trainer.default_root_dir", str(tmp_path),
               "--trainer.max_steps", "8", "--trainer.val_check_interval", "4", "--model.warmup_steps", "2",
               "--trainer.log_every_n_steps", "2")
     run_dir = tmp_path / "lightning_logs" / "version_0"
@@ -136,10 +220,11 @@ def test_demo_config_fits_offline_and_leaves_checkpoint_events_export(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(export)
     assert model.config.num_hidden_layers == 4 and list(export.glob("*.safetensors"))
     assert "hp_metric" not in events.Tags()["scalars"]
+    assert [event.step for event in events.Scalars("eval/addition/exact_match")] == [0, 8]
     probes = ("addition", "reversal", "sorting", "counting", "reversed_sum")
     for probe in probes:  # the callback is on in the demo: drift and concentration curves, a run per probe
         probe_events = EventAccumulator(str(run_dir / f"probe_{probe}")).Reload()
-        for tag in ("head_drift/pearson", "head_drift/mse", "head_activation/gini", "head_probe/loss"):
+        for tag in ("drift/pearson", "drift/mse", "concentration/gini", "head_probe/loss"):
             # the config's steps up to 8 (0, 1, 4), and the end
             assert [event.step for event in probe_events.Scalars(tag)] == [0, 1, 4, 8]
     assert sorted(load_patterns(run_dir / "head_patterns")) == sorted(probes)

@@ -1,4 +1,4 @@
-"""lightning_sft.triton_scores: the Triton scoring kernel against a float64 softmax computation (causal,
+"""lightning_sft.scorer.triton_scores: the Triton scoring kernel against a float64 softmax computation (causal,
 bool and additive masks, padding, rows with no key, grouped-query heads, head dims that are no power of two,
 lengths across several tiles), and whole models scored through sdpa + the kernel against the naive way.
 
@@ -8,7 +8,7 @@ CUDA it runs in Triton's interpreter on the CPU, the same code (conftest sets TR
 import pytest
 import torch
 
-from lightning_sft import patterns, triton_scores
+from lightning_sft.scorer import patterns, triton_scores
 from tests.test_patterns import build, check_against_naive
 
 

@@ -20,6 +20,7 @@ from lightning_sft.analysis.commands import (compose_command, drift_command, hea
                                              stats_command)
 from lightning_sft.analysis.runs import load_runs
 from lightning_sft.analysis.scenarios import mix_command, read_compose_coefficients
+from lightning_sft.command_line import check_output_dir, check_output_file
 
 T = TypeVar("T")
 
@@ -94,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> str:
-    """Run the parsed command; returns what to print."""
+    """Run the parsed command; returns what to print. `--out` is checked first, before any work."""
+    if args.out is not None:
+        (check_output_file if args.command == "mix" else check_output_dir)(args.out)
     if args.command == "stats":
         return stats_command(load_runs(args.runs), args.out)
     if args.command == "similarity":

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lightning_sft.storage import INDEX_NAME, load_index, load_patterns
+from lightning_sft.storage import INDEX_NAME, load_index, load_patterns, pattern_path
 
 
 def find_patterns_dir(run: str | Path) -> Path:
@@ -20,6 +20,9 @@ def find_patterns_dir(run: str | Path) -> Path:
     that is ours (it has "probes") but malformed, is an error naming it: skipping it would analyse another run.
     """
     run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"{run} is a file, not a run directory; pass the patterns directory holding {INDEX_NAME}"
+                         " or a log directory above it")
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} does not exist; pass a patterns directory or a log directory")
     if (run / INDEX_NAME).is_file():
@@ -101,12 +104,25 @@ class Patterns:
         return last - base
 
 
+def _check_finite(directory: Path, probes: dict[str, dict[int, np.ndarray]]) -> None:
+    """Raise naming the probe, step and file of the first pattern holding a NaN or an infinity: every statistic
+    and picture drawn from it would be meaningless (a collapsed colour scale, NaN correlations)."""
+    for probe, steps in probes.items():
+        for step, pattern in steps.items():
+            if not np.isfinite(pattern).all():
+                raise ValueError(
+                    f"probe {probe!r}, step {step}: {pattern_path(directory, probe, step)} holds"
+                    f" {np.isnan(pattern).sum()} NaN and {np.isinf(pattern).sum()} infinite values; nothing is"
+                    " computed or drawn from it. The scores diverged at that step: analyse a run without it"
+                )
+
+
 def load_runs(runs: Sequence[str | Path]) -> Patterns:
     """Merge the probes of several runs (one fine-tuning run per task, say) of the same model.
 
     A probe name found in more than one run is renamed `<run>/<probe>` in every run that has it, `<run>` being
     the shortest trailing part of the run's path (as given) that tells the runs apart. Runs of different models
-    (pattern shapes or recorded model info differ) are refused.
+    (pattern shapes or recorded model info differ) are refused, and so is a pattern holding a NaN or infinity.
     """
     if not runs:
         raise ValueError("no run given; pass one or more patterns directories or log directories")
@@ -132,7 +148,10 @@ def load_runs(runs: Sequence[str | Path]) -> Patterns:
                 f"runs of different models: {models[0][0]} records model {models[0][1]}, {run} records {model}; "
                 "analyse runs of one model together"
             )
-    loaded = [load_patterns(directory) for directory in directories]
+    loaded = [{probe: {step: pattern.double().numpy() for step, pattern in steps.items()}
+               for probe, steps in load_patterns(directory).items()} for directory in directories]
+    for directory, probes in zip(directories, loaded):
+        _check_finite(directory, probes)
     labels = _labels(runs)
     counts = Counter(probe for probes in loaded for probe in probes)
     merged, sources = {}, {}
@@ -141,6 +160,6 @@ def load_runs(runs: Sequence[str | Path]) -> Patterns:
             name = f"{label}/{probe}" if counts[probe] > 1 else probe
             if name != probe:
                 print(f"note: probe {probe} is in several runs; this run's is named {name}", file=sys.stderr)
-            merged[name] = {step: pattern.double().numpy() for step, pattern in steps.items()}
+            merged[name] = steps
             sources[name] = directory
     return Patterns(merged, shape, sources)

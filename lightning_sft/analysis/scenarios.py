@@ -6,6 +6,7 @@ pattern-only commands should not wait for.
 """
 
 import csv
+import math
 from pathlib import Path
 from typing import Mapping
 
@@ -16,18 +17,36 @@ from lightning_sft.analysis.commands import COEFFICIENT_PREFIX
 from lightning_sft.storage import atomic_write_text
 
 
+def _finite_number(text: str | None) -> float | None:
+    """`text` as a finite float, else None."""
+    try:
+        number = float(text)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def read_compose_coefficients(path: Path) -> dict[str, float]:
     """The coefficients of the best fit (rank 1) in a `compose.csv` written by the compose command."""
     with open(path, newline="", encoding="utf-8") as file:
-        rows = list(csv.DictReader(file))
-    best = [row for row in rows if row.get("rank") == "1"]
-    if not best or not any(column.startswith(COEFFICIENT_PREFIX) for column in best[0]):
+        reader = csv.DictReader(file)
+        best = next((row for row in reader if row.get("rank") == "1"), None)
+        line = reader.line_num
+    if best is None or not any((column or "").startswith(COEFFICIENT_PREFIX) for column in best):
         raise ValueError(
             f"{path} has no rank-1 row with {COEFFICIENT_PREFIX}<name> columns; pass the compose.csv written by "
             "`python -m lightning_sft.analysis compose ... --out DIR`"
         )
-    return {column.removeprefix(COEFFICIENT_PREFIX): float(value)
-            for column, value in best[0].items() if column.startswith(COEFFICIENT_PREFIX) and value != ""}
+    coefficients = {}
+    for column, value in best.items():
+        if column is None or not column.startswith(COEFFICIENT_PREFIX) or value == "":
+            continue  # None: fields beyond the header; "": a basis not in this subset
+        number = _finite_number(value)
+        if number is None:
+            raise ValueError(f"{path}:{line}: column {column!r} holds {value!r}, not a finite number; pass the"
+                             " compose.csv written by `python -m lightning_sft.analysis compose ... --out DIR`")
+        coefficients[column.removeprefix(COEFFICIENT_PREFIX)] = number
+    return coefficients
 
 
 def mix_command(

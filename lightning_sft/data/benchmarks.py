@@ -3,7 +3,9 @@ answer. The SFT adapters (`lightning_sft.data.adapters`) and the evaluation task
 read rows through these functions, so a field name is written once.
 
 Each reader takes one raw row and returns a `MultipleChoice`, a `Worked` or a `Described` record, or raises a
-ValueError naming the benchmark, the missing field and the keys the row has.
+ValueError naming the benchmark and the field: missing (with the keys the row has), text that is not a string
+(a JSON number is refused rather than read as Python prints it), or an answer index that is not an integer
+(`1.7`, `true`, `"2.9"` are refused rather than truncated).
 """
 
 import re
@@ -55,6 +57,38 @@ def field(row: dict, name: str, benchmark: str):
     return value
 
 
+def text_field(row: dict, name: str, benchmark: str) -> str:
+    """`field(row, name, benchmark)`, which must be a string."""
+    value = field(row, name, benchmark)
+    if not isinstance(value, str):
+        raise ValueError(
+            f"{benchmark}: field {name!r} holds a {type(value).__name__} ({value!r:.60}), not text; write it as a"
+            " JSON string (in quotes), exactly as it should be read"
+        )
+    return value
+
+
+def text_list(row: dict, name: str, benchmark: str) -> list[str]:
+    """`field(row, name, benchmark)`, which must be a list of strings."""
+    values = field(row, name, benchmark)
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise ValueError(f"{benchmark}: field {name!r} holds {values!r:.80}, not a list of strings; fix the row")
+    return values
+
+
+def index_field(row: dict, name: str, benchmark: str) -> int:
+    """`field(row, name, benchmark)` as an integer: an int, or a string of decimal digits ("2", as HF datasets
+    store some labels; a leading "-" allowed). Anything else (`1.7`, `true`, `"2.9"`) is refused."""
+    value = field(row, name, benchmark)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch("-?[0-9]+", value):
+        return int(value)
+    raise ValueError(
+        f"{benchmark}: field {name!r} holds {value!r:.40}, not an integer answer index; write a whole number"
+    )
+
+
 def _checked(question: str, choices: list[str], answer: int, benchmark: str, subject: str | None = None):
     if not 0 <= answer < len(choices):
         raise ValueError(
@@ -66,12 +100,12 @@ def _checked(question: str, choices: list[str], answer: int, benchmark: str, sub
 
 def gsm8k(row: dict) -> Worked:
     """GSM8K: `question`, `answer` (the worked solution with `<<a*b=c>>` annotations and a final `#### N`)."""
-    return Worked(field(row, "question", "gsm8k"), field(row, "answer", "gsm8k"))
+    return Worked(text_field(row, "question", "gsm8k"), text_field(row, "answer", "gsm8k"))
 
 
 def math(row: dict) -> Worked:
     """MATH (Hendrycks): `problem`, `solution` (final answer in `\\boxed{}`)."""
-    return Worked(field(row, "problem", "math"), field(row, "solution", "math"))
+    return Worked(text_field(row, "problem", "math"), text_field(row, "solution", "math"))
 
 
 def arc(row: dict) -> MultipleChoice:
@@ -80,11 +114,11 @@ def arc(row: dict) -> MultipleChoice:
     Labels may be letters or "1".."4", with 3 to 5 options: the answer is the position of its label.
     """
     choices = field(row, "choices", "arc")
-    texts, labels = field(choices, "text", "arc"), field(choices, "label", "arc")
-    answer_key = str(field(row, "answerKey", "arc"))
+    options, labels = text_list(choices, "text", "arc"), text_list(choices, "label", "arc")
+    answer_key = text_field(row, "answerKey", "arc")
     if answer_key not in labels:
         raise ValueError(f"arc: answerKey {answer_key!r} is not one of the choice labels {labels}; fix the row")
-    return _checked(field(row, "question", "arc"), texts, labels.index(answer_key), "arc")
+    return _checked(text_field(row, "question", "arc"), options, labels.index(answer_key), "arc")
 
 
 def _hellaswag_clean(text: str) -> str:
@@ -98,38 +132,41 @@ def hellaswag(row: dict) -> MultipleChoice:
 
     The question is lm-evaluation-harness's: "<activity_label>: <ctx_a> <Ctx_b>" and the endings, cleaned.
     """
-    context = f"{field(row, 'ctx_a', 'hellaswag')} {field(row, 'ctx_b', 'hellaswag').capitalize()}"
-    question = _hellaswag_clean(f"{field(row, 'activity_label', 'hellaswag')}: {context}")
-    endings = [_hellaswag_clean(ending) for ending in field(row, "endings", "hellaswag")]
-    return _checked(question, endings, int(field(row, "label", "hellaswag")), "hellaswag")
+    context = f"{text_field(row, 'ctx_a', 'hellaswag')} {text_field(row, 'ctx_b', 'hellaswag').capitalize()}"
+    question = _hellaswag_clean(f"{text_field(row, 'activity_label', 'hellaswag')}: {context}")
+    endings = [_hellaswag_clean(ending) for ending in text_list(row, "endings", "hellaswag")]
+    return _checked(question, endings, index_field(row, "label", "hellaswag"), "hellaswag")
 
 
 def winogrande(row: dict) -> MultipleChoice:
     """WinoGrande: `sentence` with one `_` blank, `option1`, `option2`, `answer` ("1" or "2")."""
-    sentence = field(row, "sentence", "winogrande")
+    sentence = text_field(row, "sentence", "winogrande")
     if "_" not in sentence:
         raise ValueError(f"winogrande: the sentence {sentence!r} has no `_` blank; fix the row")
-    options = [field(row, "option1", "winogrande"), field(row, "option2", "winogrande")]
-    return _checked(sentence, options, int(field(row, "answer", "winogrande")) - 1, "winogrande")
+    options = [text_field(row, "option1", "winogrande"), text_field(row, "option2", "winogrande")]
+    return _checked(sentence, options, index_field(row, "answer", "winogrande") - 1, "winogrande")
 
 
 def mmlu(row: dict) -> MultipleChoice:
     """MMLU: `question`, `A`..`D`, `answer` (a letter: the original CSV layout), or the HF `cais/mmlu` layout
     `question`, `choices` (list), `answer` (an index 0-3); `subject` where the row has it."""
-    question, answer = field(row, "question", "mmlu"), field(row, "answer", "mmlu")
+    question = text_field(row, "question", "mmlu")
+    subject = None if row.get("subject") is None else text_field(row, "subject", "mmlu")
     if "choices" in row:
-        return _checked(question, field(row, "choices", "mmlu"), int(answer), "mmlu", row.get("subject"))
-    options = [field(row, letter, "mmlu") for letter in "ABCD"]
+        return _checked(question, text_list(row, "choices", "mmlu"), index_field(row, "answer", "mmlu"), "mmlu",
+                        subject)
+    answer = field(row, "answer", "mmlu")
+    options = [text_field(row, letter, "mmlu") for letter in "ABCD"]
     if answer not in ("A", "B", "C", "D"):
         raise ValueError(f"mmlu: answer {answer!r} is not a letter A-D; fix the row")
-    return _checked(question, options, "ABCD".index(answer), "mmlu", row.get("subject"))
+    return _checked(question, options, "ABCD".index(answer), "mmlu", subject)
 
 
 def codesearchnet_python(row: dict) -> Described:
     """CodeSearchNet (Python): HF `code_search_net` layout (`func_documentation_string`, `func_code_string`)
     or the original jsonl layout (`docstring`, `code`)."""
     layout = ("func_documentation_string", "func_code_string") if "func_code_string" in row else ("docstring", "code")
-    docstring, code = (field(row, name, "codesearchnet_python") for name in layout)
+    docstring, code = (text_field(row, name, "codesearchnet_python") for name in layout)
     return Described(docstring, code)
 
 

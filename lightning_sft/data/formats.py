@@ -1,5 +1,6 @@
 """Formats: one row (a dict) -> (input_ids, labels), two equal-length `list[int]`, labels `IGNORE_INDEX` where
-unsupervised. A text field holding a number (JSON `16`) is read as its decimal text, `str(16)`.
+unsupervised. A text field must hold a string: a JSON number there (`16`, `1.50`) is refused, since its text as
+written (`1.50`, `1e3`) is not what JSON parsing keeps (`1.5`, `1000.0`); quote it in the file.
 
 Each format also tells whether a row's response is empty (only the end-of-sequence token would be learned),
 so `tokenize_rows` can count such rows.
@@ -39,13 +40,14 @@ def _require(row: dict, fields: tuple[str, ...]) -> None:
 
 
 def _text(row: dict, field: str) -> str:
-    """`row[field]` as text: a string as is, a number as its decimal text; anything else is an error."""
+    """`row[field]`, which must be a string (a number is refused: see the module docstring)."""
     value = row[field]
     if isinstance(value, str):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise ValueError(f"field {field!r} holds a {type(value).__name__} ({value!r:.60}), not text; pass a string")
+    raise ValueError(
+        f"field {field!r} holds a {type(value).__name__} ({value!r:.60}), not text; write it as a JSON string"
+        " (in quotes), exactly as it should be read"
+    )
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:

@@ -2,8 +2,10 @@
 
 Values are kept as the file holds them: JSON strings stay strings and JSON numbers stay numbers (no column
 type is guessed across rows), every CSV field is the string written in the file (no number or NA guessing),
-Parquet columns keep their declared types. Each row carries its place, counted from 1, so errors and tools
-that write rows back (`mix`, `select`) can point into the file:
+Parquet columns keep their declared types. JSON Lines files are split into lines at `\n` only, as JSON Lines
+defines them (a U+2028 or U+0085 in a string is text, not a line break; a `\r` before the `\n` is dropped). A
+JSON object or CSV header naming a key twice is refused (one value would be dropped). Each row carries its
+place, counted from 1, so errors and tools that write rows back (`mix`, `select`) can point into the file:
 - .jsonl, .json, .csv: the file's line number (for CSV the physical line, the header being line 1), as
   "FILE:LINE";
 - .parquet and `load_dataset` sources: the row number, as "SOURCE row N".
@@ -22,6 +24,7 @@ import pyarrow
 import pyarrow.parquet
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+JSON_WHITESPACE = " \t\r\n"  # RFC 8259's; str.strip() would also strip U+2028, U+0085, \x1c...
 
 
 @dataclass(frozen=True)
@@ -141,15 +144,34 @@ def _object(path: Path, line: int, value: Any) -> dict:
     return value
 
 
+class _RepeatedKeys(ValueError):
+    """A JSON object naming a key twice (JSON parsing would keep only the last value)."""
+
+
+def _without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        raise _RepeatedKeys(f"an object names key(s) {repeated} more than once, so only the last value would be"
+                            " read; give each field once")
+    return dict(pairs)
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_without_repeated_keys)
+
+
 def _read_json_lines(path: Path, text: str, document_allowed: bool) -> Rows:
     """One JSON object per non-blank line; each row keeps its line as written. With `document_allowed` (a .json
     file), a single object spread over several lines is refused with what to pass instead."""
     records, places, lines = [], [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if not line.strip(JSON_WHITESPACE):
             continue
         try:
-            value = json.loads(line)
+            value = _DECODER.decode(line)
+        except _RepeatedKeys as error:
+            raise ValueError(f"{path}:{number}: {error}") from None
         except json.JSONDecodeError as error:
             if document_allowed and _is_json(text):
                 raise ValueError(
@@ -177,13 +199,16 @@ def _read_json_document(path: Path, text: str) -> Rows:
         values = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}:{error.lineno}: {error}; fix or remove that line") from None
-    decoder, records, places = json.JSONDecoder(), [], []
+    records, places = [], []
     position = text.index("[") + 1
     for _ in values:  # re-walk the array to find where each element starts
         while text[position] in " \t\r\n,":
             position += 1
         line = text.count("\n", 0, position) + 1
-        value, position = decoder.raw_decode(text, position)
+        try:
+            value, position = _DECODER.raw_decode(text, position)
+        except _RepeatedKeys as error:
+            raise ValueError(f"{path}:{line}: {error}") from None
         records.append(_object(path, line, value))
         places.append(f"{path}:{line}")
     return Rows(str(path), records, places)
@@ -193,6 +218,11 @@ def _read_csv(path: Path, text: str) -> Rows:
     """A header line, then one row per record; every field is the string written in the file."""
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
+    if header and (repeated := sorted({name for name in header if header.count(name) > 1})):
+        raise ValueError(
+            f"{path}:1: the header names column(s) {repeated} more than once, so a row would keep only one of"
+            " their values; give each column its own name"
+        )
     records, places = [], []
     end = reader.line_num  # physical line the previous record ended on (records may span lines)
     for fields in reader:

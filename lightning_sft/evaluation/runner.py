@@ -2,6 +2,7 @@
 per-example metrics accumulated with torchmetrics and, under torch.distributed, gathered over ranks.
 """
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -113,9 +114,19 @@ def _generation_results(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
             for generation, request in zip(generations, batch)]
 
 
+def mean_stderr(mean: float, mean_of_squares: float, n: int) -> float | None:
+    """lm-eval's `mean_stderr` (sample standard deviation, ddof=1, over sqrt(n)) from the mean of the values and
+    of their squares; None for fewer than two values, where it is undefined."""
+    if n < 2:
+        return None
+    variance = max(mean_of_squares - mean * mean, 0.0) * n / (n - 1)
+    return math.sqrt(variance / n)
+
+
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: TaskData, *, batch_size: int = 8,
-             max_new_tokens: int | None = None, progress: bool = False) -> dict[str, float]:
-    """{metric: mean over the examples, ..., "n": examples} for `data` (see `tasks` for the metrics).
+             max_new_tokens: int | None = None, progress: bool = False) -> dict[str, float | int | None]:
+    """{metric: mean over the examples, f"{metric}_stderr": its standard error (`mean_stderr`), ...,
+    "n": examples} for `data` (see `tasks` for the metrics).
 
     `batch_size`: examples per forward pass (a multiple-choice example puts one sequence per choice in it).
     `max_new_tokens`: the generation bound, default the task's. Under torch.distributed every rank passes the
@@ -131,6 +142,7 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: T
     batches = [data.requests[start:start + batch_size] for start in range(0, len(data.requests), batch_size)]
     device = model.device
     means = {metric: MeanMetric().to(device).set_dtype(torch.float64) for metric in task.metrics}
+    squares = {metric: MeanMetric().to(device).set_dtype(torch.float64) for metric in task.metrics}
     count = SumMetric().to(device).set_dtype(torch.float64)
     rank, world = rank_and_world()
     with _evaluating(model), Progress(disable=not progress or rank != 0) as bar:
@@ -146,6 +158,11 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: T
             for result in results:
                 for metric, value in result.items():
                     means[metric].update(value)
+                    squares[metric].update(value * value)
             count.update(len(results))
             bar.advance(progress_task)
-    return {**{metric: float(mean.compute()) for metric, mean in means.items()}, "n": int(count.compute())}
+    n, results = int(count.compute()), {}
+    for metric, mean in means.items():
+        results[metric] = float(mean.compute())
+        results[f"{metric}_stderr"] = mean_stderr(results[metric], float(squares[metric].compute()), n)
+    return {**results, "n": n}

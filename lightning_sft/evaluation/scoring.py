@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria,
+                          StoppingCriteriaList)
 
 from lightning_sft.data import PromptResponse
 
@@ -90,13 +91,25 @@ class Generation:
     stopped: bool
 
 
+class _StopWhen(StoppingCriteria):
+    """Stops each sequence as soon as `stopped(its generated tokens)` says so ([batch] bool)."""
+
+    def __init__(self, prompt_length: int, stopped: Callable[[list[int]], bool]) -> None:
+        self.prompt_length, self.stopped = prompt_length, stopped
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
+        rows = input_ids[:, self.prompt_length:].tolist()
+        return torch.tensor([self.stopped(row) for row in rows], dtype=torch.bool, device=input_ids.device)
+
+
 def greedy_generate(model: PreTrainedModel, prompts: list[list[int]], *, max_new_tokens: int, pad_token_id: int,
                     eos_token_id: int | None, stopped: Callable[[list[int]], bool]) -> list[Generation]:
-    """Greedy decoding of each prompt (left-padded into one batch, with a KV cache), for at most
+    """Greedy decoding of each prompt (left-padded into one batch) with transformers' `generate`, for at most
     `max_new_tokens` tokens. A sequence stops at eos or when `stopped(tokens)` says so.
 
-    Under torch.distributed the loop runs until no rank has an unfinished sequence (as transformers'
-    `synced_gpus`), so every rank runs the same number of forward passes.
+    The generation settings are exactly these (a model's own generation config, e.g. a repetition penalty, is
+    not applied). Under torch.distributed, `generate` runs with `synced_gpus`: every rank runs forward passes
+    until no rank has an unfinished sequence, as DeepSpeed ZeRO-3 needs.
     """
     longest = max(len(prompt) for prompt in prompts)
     device = model.device
@@ -105,31 +118,22 @@ def greedy_generate(model: PreTrainedModel, prompts: list[list[int]], *, max_new
     for row, prompt in enumerate(prompts):
         input_ids[row, longest - len(prompt):] = torch.tensor(prompt, device=device)
         attention_mask[row, longest - len(prompt):] = 1
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    outputs = [Generation([], False) for _ in prompts]
-    done = [False] * len(prompts)
-    cache, step_ids = None, input_ids
+    settings = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_token_id,
+                                eos_token_id=eos_token_id)
     _, world = rank_and_world()
-    for _ in range(max_new_tokens):
-        result = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       cache=cache, use_cache=True)
-        cache = result.cache
-        next_ids = result.logits[:, -1].argmax(-1)
-        for row, token in enumerate(next_ids.tolist()):
-            if done[row]:
-                continue
+    sequences = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=settings,
+                               stopping_criteria=StoppingCriteriaList([_StopWhen(longest, stopped)]),
+                               synced_gpus=world > 1)
+    outputs = []
+    for row in sequences[:, longest:].tolist():  # a finished sequence is padded after its last token
+        generation = Generation([], False)
+        for token in row:
             if token == eos_token_id:
-                done[row] = outputs[row].stopped = True
-                continue
-            outputs[row].tokens.append(token)
-            if stopped(outputs[row].tokens):
-                done[row] = outputs[row].stopped = True
-        unfinished = torch.tensor(float(not all(done)), device=device)
-        if world > 1:
-            dist.all_reduce(unfinished)
-        if not unfinished:
-            break
-        step_ids = next_ids[:, None]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(prompts), 1)], dim=1)
-        position_ids = position_ids[:, -1:] + 1
+                generation.stopped = True
+                break
+            generation.tokens.append(token)
+            if stopped(generation.tokens):
+                generation.stopped = True
+                break
+        outputs.append(generation)
     return outputs

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lightning_sft.data import benchmarks
-from lightning_sft.data.benchmarks import MultipleChoice, Worked, field
+from lightning_sft.data.benchmarks import MultipleChoice, Worked, text_field
 from lightning_sft.demo import TASKS as DEMO_TASKS
 from lightning_sft.evaluation.math_answers import equivalent, generated_answer, reference_answer
 
@@ -219,7 +219,7 @@ class ExactStringTask(Task):
 
 def _prompt_response(task: str) -> Callable[[dict], dict]:
     def read(row: dict) -> dict:
-        return {"prompt": field(row, "prompt", task), "response": field(row, "response", task)}
+        return {"prompt": text_field(row, "prompt", task), "response": text_field(row, "response", task)}
     return read
 
 

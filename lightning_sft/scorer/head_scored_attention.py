@@ -24,7 +24,7 @@ broadcastable to [B, Hq, Tq, Tk], bool (True attends) or additive float.
 import torch
 from torch import Tensor
 
-from lightning_sft.cpu_kernel import scored_attention_backward
+from lightning_sft.scorer.cpu_kernel import scored_attention_backward
 
 # Queries per block. A block's float32 buffers are [B * Hq, BLOCK_ROWS, Tk]: 16 MiB each at B * Hq = 16 and
 # Tk = 2048 (backward holds two, three with gradients), i.e. linear in T like the activations. Measured best
@@ -46,9 +46,14 @@ class HeadScoredAttention(torch.autograd.Function):
                      and query.shape[-1] == value.shape[-1])
         if ctx.fused:
             # PyTorch's CPU flash-attention kernel: it also returns the logsumexp [B, Hq, Tq] float32 (0 for
-            # rows with no key, whose output is 0) and reads grouped key/value heads without repeating them.
+            # rows with no key, whose output is 0). Grouped key/value heads are repeated first: torch 2.6's
+            # kernel reads past the key tensor when it has fewer heads than the query (garbage, no error;
+            # 2.13's reads them grouped), so this private op gets only the shapes every version handles.
+            group = query.shape[1] // key.shape[1]
+            keys, values = (key, value) if group == 1 else (key.repeat_interleave(group, 1),
+                                                            value.repeat_interleave(group, 1))
             output, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                query, key, value, 0.0, is_causal and mask is None, attn_mask=_additive(mask, query.dtype),
+                query, keys, values, 0.0, is_causal and mask is None, attn_mask=_additive(mask, query.dtype),
                 scale=scale)
         else:
             output, lse = _blockwise_forward(query, key, value, mask, scale, is_causal, softcap, sinks)

@@ -32,7 +32,7 @@ from torch import Tensor
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from lightning_sft.head_scored_attention import HeadScoredAttention
+from lightning_sft.scorer.head_scored_attention import HeadScoredAttention
 from lightning_sft.models import left_as_found
 from lightning_sft.labels import IGNORE_INDEX
 
@@ -93,7 +93,7 @@ def _scored_attention(
     probe = _active_probe
     if probe is None:
         raise RuntimeError(
-            f"attn_implementation={ATTENTION_NAME!r} only works inside lightning_sft.patterns.score_heads;"
+            f"attn_implementation={ATTENTION_NAME!r} only works inside lightning_sft.scorer.patterns.score_heads;"
             " set the model back to 'sdpa' or 'eager'"
         )
     layer = getattr(module, "layer_idx", None)
@@ -105,6 +105,8 @@ def _scored_attention(
         raise NotImplementedError(f"{where} passes a {type(attention_mask).__name__} mask; scoring needs a tensor mask")
     if dropout:
         raise ValueError(f"{where} applies attention dropout {dropout}; head scoring runs the model in eval mode")
+    if query.shape[1] % key.shape[1]:
+        raise NotImplementedError(f"{where}: {query.shape[1]} query heads do not group over {key.shape[1]} key heads")
     if not isinstance(layer, int):
         raise NotImplementedError(f"{where}: its attention module has no integer `layer_idx` to place its heads by")
     if layer in probe.layer_scores:
@@ -120,7 +122,7 @@ def _scored_attention(
     probe.layer_scores[layer] = scores
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if _uses_triton(query, value, softcap, s_aux):
-        from lightning_sft.triton_scores import scored_sdpa_attention
+        from lightning_sft.scorer.triton_scores import scored_sdpa_attention
 
         return scored_sdpa_attention(module, query, key, value, attention_mask, scores, scale, causal,
                                      input_grads), None
@@ -141,62 +143,51 @@ AttentionInterface.register(ATTENTION_NAME, _scored_attention)
 AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
-def _configs(model: PreTrainedModel) -> list:
-    """Every config object the model and its sub-models read their attention implementation from."""
-    found, pending = {}, [model.config]
-    pending += [module.config for module in model.modules() if isinstance(module, PreTrainedModel)]
-    while pending:
-        config = pending.pop()
-        if id(config) not in found:
-            found[id(config)] = config
-            pending += [getattr(config, key) for key in config.sub_configs if getattr(config, key) is not None]
-    return list(found.values())
-
-
 def _family(model: PreTrainedModel) -> str:
     return f"{type(model).__name__} (model_type={model.config.model_type!r})"
 
 
-def _text_request(model: PreTrainedModel) -> dict:
-    """The `set_attn_implementation` argument that switches only the text decoder (not vision/audio towers)."""
+def _text_request(model: PreTrainedModel, implementation: str) -> dict:
+    """The `set_attn_implementation` argument that sets `implementation` on the text decoder only (not on
+    vision/audio towers): keyed by its sub-config name, or "" when the model is the text decoder."""
     text_config = model.config.get_text_config(decoder=True)
     if text_config is model.config:
-        return {"": ATTENTION_NAME}
+        return {"": implementation}
     for key in model.config.sub_configs:
         if getattr(model.config, key) is text_config:
-            return {key: ATTENTION_NAME}
+            return {key: implementation}
     raise NotImplementedError(f"{_family(model)}: its text decoder config is nested too deep to switch its attention")
 
 
 @contextmanager
 def _probing(model: PreTrainedModel) -> Iterator[_Probe]:
-    """Eval mode with our attention function; afterwards (also on error) the model is as it was: every
-    module's training flag, every config's attention implementation, and the CPU and CUDA RNG states."""
+    """Eval mode with our attention function on the text decoder; afterwards (also on error) the model is as it
+    was: every module's training flag, the decoder's attention implementation, the CPU and CUDA RNG states.
+
+    Only `set_attn_implementation` switches the attention (documented; it warns and changes nothing for a
+    family that computes attention in its own code, which `_score_batch` then refuses: no layer calls ours).
+    """
     global _active_probe
-    family = _family(model)
     if not getattr(model, "_supports_attention_backend", False):
+        # The class flag by which transformers' own docs ("transformers as a modeling backend") have a model
+        # declare that its attention goes through AttentionInterface.
         raise NotImplementedError(
-            f"{family} sets _supports_attention_backend=False: its attention does not go through transformers'"
-            " AttentionInterface, so its heads cannot be scored"
-        )
-    if not model._can_set_attn_implementation():
-        raise NotImplementedError(
-            f"{family} computes attention in its own code instead of transformers' AttentionInterface,"
-            " so its heads cannot be scored"
-        )
+            f"{_family(model)} sets _supports_attention_backend=False: its attention does not go through"
+            " transformers' AttentionInterface, so its heads cannot be scored")
     if _active_probe is not None:
         raise RuntimeError("score_heads is already running (nested or concurrent calls are not supported)")
-    implementations = [(config, config._attn_implementation_internal) for config in _configs(model)]
+    text_config = model.config.get_text_config(decoder=True)
+    previous = text_config._attn_implementation
     with left_as_found(model):
         try:
-            model.set_attn_implementation(_text_request(model))
+            model.set_attn_implementation(_text_request(model, ATTENTION_NAME))
             model.eval()
-            _active_probe = _Probe(family)
+            _active_probe = _Probe(_family(model))
             yield _active_probe
         finally:
             _active_probe = None
-            for config, implementation in implementations:
-                config._attn_implementation_internal = implementation
+            if previous is not None:
+                model.set_attn_implementation(_text_request(model, previous))
 
 
 def _check_batch(index: int, batch: Mapping) -> dict[str, Tensor]:
@@ -236,21 +227,40 @@ def _score_batch(
         embeddings.append(output.detach().requires_grad_())
         return embeddings[-1]
 
-    # Logits only where a supervised token is predicted (the prompt's are never needed): [tokens, vocab].
+    # Logits only where a supervised token is predicted (the prompt's are never needed): the output head sees
+    # the hidden states of those positions only, [tokens, hidden], through a forward pre-hook on
+    # `get_output_embeddings()`; the family's own code after the head (soft-capping, scaling) still runs.
     predicts = F.pad(targets != IGNORE_INDEX, (0, 1), value=False)  # [B, T]: position t predicts t + 1
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-    parameters = inspect.signature(model.forward).parameters
-    if "logits_to_keep" in parameters:
-        inputs["logits_to_keep"] = predicts
-    if "position_ids" in parameters:
+    if "position_ids" in inspect.signature(model.forward).parameters:
         # Positions count real tokens only, so a left-padded example sees the positions it has alone.
         inputs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    head = model.get_output_embeddings()
+    if head is None:
+        raise NotImplementedError(f"{probe.family} has no output embeddings (get_output_embeddings() is None)")
+    heads_seen = []
+
+    def supervised_positions(module, args):
+        hidden = args[0] if len(args) == 1 and isinstance(args[0], Tensor) else None
+        if hidden is None or hidden.dim() != 3 or hidden.shape[:2] != predicts.shape:
+            raise NotImplementedError(
+                f"{probe.family} calls its output head with {[getattr(a, 'shape', a) for a in args]}, not the"
+                f" hidden states of every position [{predicts.shape[0]}, {predicts.shape[1]}, hidden]")
+        heads_seen.append(True)
+        return (hidden[predicts],)
+
     probe.layer_scores.clear()
-    handle = model.get_input_embeddings().register_forward_hook(as_leaf)
+    handles = [model.get_input_embeddings().register_forward_hook(as_leaf),
+               head.register_forward_pre_hook(supervised_positions)]
     try:
         logits = model(**inputs).logits
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+    if len(heads_seen) != 1 or logits.shape[:-1] != (int(predicts.sum()),):
+        raise NotImplementedError(
+            f"{probe.family}: expected one output-head call giving logits [supervised tokens, vocab], got"
+            f" {len(heads_seen)} call(s) and logits {tuple(logits.shape)}")
     num_layers = model.config.get_text_config(decoder=True).num_hidden_layers
     missing = sorted(set(range(num_layers)) - set(probe.layer_scores))
     if missing:
@@ -263,9 +273,7 @@ def _score_batch(
             f"{probe.family} called its input embedding {len(embeddings)} times in one forward; expected once")
     # logits[t] predicts labels[t + 1]; the last position predicts nothing (target -100).
     shifted = F.pad(targets, (0, 1), value=IGNORE_INDEX)
-    if "logits_to_keep" not in inputs:
-        logits = logits[predicts]
-    token_losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shifted[predicts], reduction="none")
+    token_losses = F.cross_entropy(logits.float(), shifted[predicts], reduction="none")
     example = predicts.nonzero()[:, 0]  # the example each supervised token belongs to
     losses = token_losses.new_zeros(targets.shape[0]).index_add_(0, example, token_losses) / counts.clamp(min=1)
     torch.autograd.grad(losses[kept].sum(), embeddings, allow_unused=True)
