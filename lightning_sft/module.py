@@ -151,8 +151,10 @@ class SFTModule(L.LightningModule):
     @override
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self(batch).loss
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        # no host sync per step: a progress-bar metric is read with `.item()` every step, and a Python float
+        # becomes a tensor on the module's device; the logger reads both every `log_every_n_steps` only
+        self.log("train/loss", loss)
+        self.log("train/lr", torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"], dtype=torch.float64))
         return loss
 
     @override
@@ -185,7 +187,10 @@ class SFTModule(L.LightningModule):
                 groups, lr=settings.learning_rate, betas=tuple(settings.betas), adamw_mode=True
             )
         else:
-            optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, betas=tuple(settings.betas))
+            # torch's fused kernel on CUDA (also as DeepSpeed's client optimizer); CPU keeps the default
+            fused = self.trainer.strategy.root_device.type == "cuda"
+            optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, betas=tuple(settings.betas),
+                                          fused=fused)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_multiplier(step, settings.warmup_steps, total_steps,
                                                   settings.lr_schedule, settings.min_lr_ratio)

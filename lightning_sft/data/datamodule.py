@@ -6,6 +6,7 @@ from functools import partial
 
 import datasets
 import lightning.pytorch as pl
+from lightning.pytorch.accelerators import CUDAAccelerator
 import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
@@ -123,6 +124,10 @@ class SFTDataModule(pl.LightningDataModule):
     def _collate_fn(self) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
         return partial(collate_packed if self.packing else collate, pad_token_id=models.pad_token_id(self.tokenizer))
 
+    def _pin_memory(self) -> bool:
+        """Page-locked batches when training on a CUDA GPU: Lightning's copy to the GPU is then asynchronous."""
+        return self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
+
     @override
     def train_dataloader(self) -> ResumableDataLoader:
         if self.train_examples is None:
@@ -135,6 +140,7 @@ class SFTDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             collate_fn=self._collate_fn(),
             num_workers=self.num_workers,
+            pin_memory=self._pin_memory(),
         )
 
     @override
@@ -142,5 +148,6 @@ class SFTDataModule(pl.LightningDataModule):
         if self.val_examples is None:
             return []
         return DataLoader(
-            self.val_examples, batch_size=self.batch_size, collate_fn=self._collate_fn(), num_workers=self.num_workers
+            self.val_examples, batch_size=self.batch_size, collate_fn=self._collate_fn(), num_workers=self.num_workers,
+            pin_memory=self._pin_memory(),
         )
