@@ -74,7 +74,7 @@ def main() -> None:
     train(write_rows(folder / "train.jsonl", mixed), target, PROBE_SEED, args.probe_steps, folder,
           pretrained=str(args.out / "hf_export"), config=BASE_CONFIG, callbacks=[callback])
     patterns = load_runs([folder])
-    print(stats_command(patterns, args.out / "stats"))
+    print(stats_command(patterns, args.out / "stats", bootstrap=1000))
     print(compose_command(patterns, TARGET, list(BASIC), 2, args.out / "compose"))
     print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s")
 
