@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=256, help="held-out rows per task for exact match")
     parser.add_argument("--probe-steps", type=int, default=100, help="probe run's steps of batch 32 (multiple of 4)")
     parser.add_argument("--probe-rows", type=int, default=64, help="rows of each task's probe set")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of the probe rows for stats' intervals")
     args = parser.parse_args()
     started = time.perf_counter()
     rng = random.Random(BASE_SEED)
@@ -74,7 +75,7 @@ def main() -> None:
     train(write_rows(folder / "train.jsonl", mixed), target, PROBE_SEED, args.probe_steps, folder,
           pretrained=str(args.out / "hf_export"), config=BASE_CONFIG, callbacks=[callback])
     patterns = load_runs([folder])
-    print(stats_command(patterns, args.out / "stats", bootstrap=1000))
+    print(stats_command(patterns, args.out / "stats", bootstrap=args.bootstrap))
     print(compose_command(patterns, TARGET, list(BASIC), 2, args.out / "compose"))
     print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s")
 
