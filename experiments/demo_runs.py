@@ -81,11 +81,13 @@ def train(rows_file: str, eval_file: str, seed: int, steps: int, folder: Path, *
     data = SFTDataModule(train=rows_file, val=eval_file, max_length=64, batch_size=32, seed=seed)
     logger = CSVLogger(folder, name="", version="")
     quarters = [steps // 4 * quarter for quarter in (1, 2, 3)]
-    callback = TaskAccuracyCallback({TARGET: eval_file, **(tasks or {})}, steps=quarters, max_examples=None, batch_size=128,
+    callback = TaskAccuracyCallback({TARGET: eval_file, **(tasks or {})}, steps=quarters, max_examples=None,
+                                    batch_size=128,
                                     max_new_tokens=MAX_NEW_TOKENS)
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", precision="32-true", gradient_clip_val=1.0,
                         val_check_interval=steps // 4, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-                        logger=logger, callbacks=[callback, *callbacks], enable_checkpointing=False, enable_progress_bar=False,
+                        logger=logger, callbacks=[callback, *callbacks], enable_checkpointing=False,
+                        enable_progress_bar=False,
                         enable_model_summary=False, log_every_n_steps=10, default_root_dir=folder)
     trainer.fit(module, data)
     by_step: dict[int, dict[str, float]] = {}
@@ -102,7 +104,8 @@ def train(rows_file: str, eval_file: str, seed: int, steps: int, folder: Path, *
 def final_accuracy(folder: Path, task: str) -> float:
     """The last held-out exact match (in [0, 1]) of `task` logged by a `train` run in `folder`."""
     with open(folder / "metrics.csv") as file:
-        values = [row[f"eval/{task}/exact_match"] for row in csv.DictReader(file) if row.get(f"eval/{task}/exact_match")]
+        column = f"eval/{task}/exact_match"
+        values = [row[column] for row in csv.DictReader(file) if row.get(column)]
     return float(values[-1])
 
 

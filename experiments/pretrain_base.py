@@ -42,6 +42,8 @@ def fresh_rows(task: str, count: int, rng: random.Random, seen: set[str]) -> lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/scenario_base"))
+    parser.add_argument("--init", type=Path, help="continue pre-training this save_pretrained folder (default: random)")
+    parser.add_argument("--seed", type=int, default=BASE_SEED, help="seed of the pre-training rows and initialisation")
     parser.add_argument("--rows-per-task", type=int, default=8000, help="pre-training rows of each basic task")
     parser.add_argument("--steps", type=int, default=3000, help="pre-training steps of batch 32 (a multiple of 4)")
     parser.add_argument("--eval-rows", type=int, default=256, help="held-out rows per task for exact match")
@@ -50,22 +52,23 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of the probe rows for stats' intervals")
     args = parser.parse_args()
     started = time.perf_counter()
-    rng = random.Random(BASE_SEED)
+    rng = random.Random(args.seed)
     rows = [row for name in BASIC for row in [TASKS[name](rng) for _ in range(args.rows_per_task)]]
     rng.shuffle(rows)
     seen = {row["prompt"] for row in rows}
     evals = {name: write_rows(args.out / "eval" / f"{name}.jsonl", fresh_rows(name, args.eval_rows, rng, seen))
              for name in BASIC}
     target = write_rows(args.out / "eval" / f"{TARGET}.jsonl", held_out(args.eval_rows, set()))
-    train(write_rows(args.out / "train.jsonl", rows), target, BASE_SEED, args.steps, args.out, export=True,
-          config=BASE_CONFIG, warmup_steps=min(50, args.steps // 2), tasks=evals)
+    train(write_rows(args.out / "train.jsonl", rows), target, args.seed, args.steps, args.out, export=True,
+          pretrained=str(args.init) if args.init else None, config=BASE_CONFIG, warmup_steps=min(50, args.steps // 2),
+          tasks=evals)
     accuracy = {name: final_accuracy(args.out, name) for name in [*BASIC, TARGET]}
     atomic_write_text(args.out / "accuracy.json", json.dumps(accuracy, indent=2) + "\n")
     print("base exact match:", accuracy, flush=True)
 
     probe_rng = random.Random(PROBE_SEED)
-    probes = {name: write_rows(args.out / "probes" / f"{name}.jsonl", fresh_rows(name, args.probe_rows, probe_rng, seen))
-              for name in TASKS}
+    probes = {name: write_rows(args.out / "probes" / f"{name}.jsonl",
+                               fresh_rows(name, args.probe_rows, probe_rng, seen)) for name in TASKS}
     mixed = [row for name in TASKS for row in fresh_rows(name, args.probe_steps * 32 // len(TASKS), probe_rng, seen)]
     probe_rng.shuffle(mixed)
     steps = [0, args.probe_steps // 4, args.probe_steps // 2]

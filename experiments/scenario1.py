@@ -23,6 +23,7 @@ prompts occur in no training set of any seed.
 
 import argparse
 import csv
+import json
 import random
 import time
 from pathlib import Path
@@ -89,10 +90,14 @@ def main() -> None:
                          for row in rows}))
     curves: dict[str, list[Curve]] = {}
     for seed, by_condition in sets.items():
+        trained: dict[str, Curve] = {}  # rows -> curve: a condition with the same rows as another is not re-run
         for condition, rows in by_condition.items():
             folder = args.out / f"seed{seed}" / condition
-            curve = train(write_rows(folder / "train.jsonl", rows), eval_file, seed, args.steps, folder,
-                          pretrained=str(args.base), config=BASE_CONFIG, learning_rate=args.learning_rate)
+            key = json.dumps(sorted(json.dumps(row, sort_keys=True) for row in rows))
+            if key not in trained:
+                trained[key] = train(write_rows(folder / "train.jsonl", rows), eval_file, seed, args.steps, folder,
+                                     pretrained=str(args.base), config=BASE_CONFIG, learning_rate=args.learning_rate)
+            curve = trained[key]
             curves.setdefault(condition, []).append(curve)
             print(f"seed {seed} {condition}: {TARGET} exact match {curve[-1][1]:.4f}", flush=True)
     mixed = {condition: mixture_counts(coefficients, args.basic_rows, top_k=2)
@@ -100,11 +105,13 @@ def main() -> None:
     title = (f"Scenario 1: {args.complex_rows} {TARGET} rows + {args.basic_rows} basic rows "
              f"({'; '.join(f'{condition} {counts}' for condition, counts in mixed.items())}), "
              f"{args.steps} steps from the base")
-    settings = vars(args) | {"out": str(args.out), "compose": str(args.compose), "base": str(args.base), "coefficients": mixtures,
+    settings = vars(args) | {"out": str(args.out), "compose": str(args.compose), "base": str(args.base),
+                             "coefficients": mixtures,
                              "basic_rows_by_condition": mixed, "seconds": round(time.perf_counter() - started)}
     pairs = [("composed", other) for other in ("uniform", "complex", "unrelated")]
     print(write_results(args.out, title, curves, settings, pairs))
-    print(f"wrote {args.out}/table.md, table.csv, comparisons.csv, results.json, accuracy.png in {settings['seconds']} s")
+    print(f"wrote {args.out}/table.md, table.csv, comparisons.csv, results.json, accuracy.png in "
+          f"{settings['seconds']} s")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def main() -> None:
         raise ValueError(f"--seeds {args.seeds}; pass at least 2 seeds (the table gives intervals and paired tests)")
     pool_rows = len(TASKS) * args.pool_per_task
     if max(args.k) > pool_rows:
-        raise ValueError(f"--k {max(args.k)} exceeds the pool ({len(TASKS)} tasks x --pool-per-task = {pool_rows} rows)")
+        raise ValueError(f"--k {max(args.k)} exceeds the pool ({len(TASKS)} tasks x --pool-per-task = "
+                         f"{pool_rows} rows)")
     started = time.perf_counter()
     pools, probes, task_of = {}, {}, {}  # task_of: prompt -> its task (each task writes prompts of its own form)
     for seed in args.seeds:

@@ -115,7 +115,8 @@ def check_results(out: Path, conditions: list[str], steps: int, pairs: list[tupl
         compared = list(csv.DictReader(file))
     assert [(row["first"], row["second"]) for row in compared] == pairs
     for row, (first, second) in zip(compared, pairs):
-        assert float(row["difference"]) == pytest.approx(statistics.mean(finals[first]) - statistics.mean(finals[second]))
+        difference = statistics.mean(finals[first]) - statistics.mean(finals[second])
+        assert float(row["difference"]) == pytest.approx(difference)
         assert f"| {first} - {second} | {float(row['difference']):+.3f} [" in markdown
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

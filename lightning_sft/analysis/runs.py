@@ -96,7 +96,7 @@ class Patterns:
         return first, steps[first], last, steps[last]
 
     def per_example(self, probe: str, step: int) -> np.ndarray:
-        """float64 [N, L, H]: each probe row's pattern at `step`, saved by `HeadActivationCallback(per_example=True)`."""
+        """float64 [N, L, H]: each probe row's pattern at `step` (`HeadActivationCallback(per_example=True)`)."""
         path = pattern_path(self.sources[probe], probe.rsplit("/", 1)[-1], step)  # merged names are `<run>/<probe>`
         tensors = load_pattern_file(path)
         if "per_example" not in tensors:
