@@ -1,4 +1,4 @@
-"""The scenarios' base model: a demo-style Llama (configs/scenarios/base.yaml, 1.9 M parameters) pre-trained on
+"""The scenarios' base model: a demo-style Llama (configs/scenarios/base.yaml, 1.7 M parameters) pre-trained on
 the four basic tasks only, so that it is good at them and poor at the composed `reversed_sum`, as a pretrained
 LM is before SFT in the paper. Then a short probe run fine-tunes it on all five tasks with
 `HeadActivationCallback` (per-example patterns) and `analysis compose` fits the composition coefficients that
