@@ -14,6 +14,8 @@ budget), the same seed per condition (a pair):
     complex    the same complex rows only, repeated for the whole budget
     unrelated  the same complex rows + basic rows drawn by the fit of the unrelated pair sorting+counting
 
+A condition whose rows equal another's (the same seed) re-uses that run instead of training again.
+
 `--compose` is a `compose.csv` written by `python -m lightning_sft.analysis compose RUN --target reversed_sum
 --bases addition reversal sorting counting --subset-size 2 --out DIR`; the committed docs/scenarios/compose.csv
 is experiments/pretrain_base.py's fit on the base's probe run (docs/scenarios/README.md).
