@@ -1,10 +1,12 @@
 """Scenario 1 of the paper on the demo's tasks: do a few complex-task rows learn better beside basic-task rows
 mixed by the composition coefficients? Judged by held-out `reversed_sum` exact match.
 
-    python -m experiments.scenario1 --out runs/scenario1    # 4 conditions x 3 seeds: table, results, plot
+    python -m experiments.pretrain_base --out runs/scenario_base    # the base model, once
+    python -m experiments.scenario1 --out runs/scenario1    # 4 conditions x 5 seeds: tables, results, plot
 
-Every condition trains the demo's tiny Llama (experiments/demo_runs.py) from the same random initialisation
-per seed, for the same number of optimizer steps of batch 32 (the budget):
+Every condition fine-tunes the base model (`--base`, a save_pretrained folder: experiments/pretrain_base.py's
+Llama pre-trained on the four basic tasks only) for the same number of optimizer steps of batch 32 (the
+budget), the same seed per condition (a pair):
 
     composed   the `--complex-rows` reversed_sum rows + `--basic-rows` basic rows drawn by the best fit's
                coefficients in `--compose` (`stats.mixture_counts`, its positive coefficients, top 2)
@@ -12,20 +14,24 @@ per seed, for the same number of optimizer steps of batch 32 (the budget):
     complex    the same complex rows only, repeated for the whole budget
     unrelated  the same complex rows + basic rows drawn by the fit of the unrelated pair sorting+counting
 
+A condition whose rows equal another's (the same seed) re-uses that run instead of training again.
+
 `--compose` is a `compose.csv` written by `python -m lightning_sft.analysis compose RUN --target reversed_sum
---bases addition reversal sorting counting --subset-size 2 --out DIR` on a demo run; the committed
-docs/scenarios/compose.csv comes from `configs/demo.yaml` trained 600 steps in float32 (docs/scenarios/README.md).
+--bases addition reversal sorting counting --subset-size 2 --out DIR`; the committed docs/scenarios/compose.csv
+is experiments/pretrain_base.py's fit on the base's probe run (docs/scenarios/README.md).
 Training rows come from `lightning_sft.demo`'s generators; the held-out rows are fresh reversed_sum rows whose
 prompts occur in no training set of any seed.
 """
 
 import argparse
 import csv
+import json
 import random
 import time
 from pathlib import Path
 
-from experiments.demo_runs import BASIC, TARGET, Curve, held_out, train, write_results, write_rows
+from experiments.demo_runs import (BASE_CONFIG, BASE_MODEL, BASIC, TARGET, Curve, held_out, train, write_results,
+                                  write_rows)
 from lightning_sft.analysis.scenarios import read_compose_coefficients
 from lightning_sft.demo import TASKS
 from lightning_sft.stats import mixture_counts
@@ -65,16 +71,18 @@ def training_sets(seed: int, complex_rows: int, basic_rows: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/scenario1"))
-    parser.add_argument("--compose", type=Path, default=COMPOSE, help="compose.csv of a demo run")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--base", type=Path, default=BASE_MODEL, help="the base model's save_pretrained folder")
+    parser.add_argument("--compose", type=Path, default=COMPOSE, help="compose.csv of the base's probe run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--complex-rows", type=int, default=64, help="reversed_sum training rows")
     parser.add_argument("--basic-rows", type=int, default=1536, help="basic-task rows added (conditions but complex)")
-    parser.add_argument("--steps", type=int, default=500,
+    parser.add_argument("--steps", type=int, default=200,
                         help="optimizer steps of batch 32 per run (the budget), a multiple of 4")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (cosine, warmup 20)")
     parser.add_argument("--eval-rows", type=int, default=256, help="held-out reversed_sum rows")
     args = parser.parse_args()
     if len(args.seeds) < 2:
-        raise ValueError(f"--seeds {args.seeds}; pass at least 2 seeds (the table gives mean ± std)")
+        raise ValueError(f"--seeds {args.seeds}; pass at least 2 seeds (the table gives intervals and paired tests)")
     started = time.perf_counter()
     mixtures = {"composed": read_compose_coefficients(args.compose),
                 "unrelated": pair_coefficients(args.compose, UNRELATED)}
@@ -84,20 +92,28 @@ def main() -> None:
                          for row in rows}))
     curves: dict[str, list[Curve]] = {}
     for seed, by_condition in sets.items():
+        trained: dict[str, Curve] = {}  # rows -> curve: a condition with the same rows as another is not re-run
         for condition, rows in by_condition.items():
             folder = args.out / f"seed{seed}" / condition
-            curve = train(write_rows(folder / "train.jsonl", rows), eval_file, seed, args.steps, folder)
+            key = json.dumps(sorted(json.dumps(row, sort_keys=True) for row in rows))
+            if key not in trained:
+                trained[key] = train(write_rows(folder / "train.jsonl", rows), eval_file, seed, args.steps, folder,
+                                     pretrained=str(args.base), config=BASE_CONFIG, learning_rate=args.learning_rate)
+            curve = trained[key]
             curves.setdefault(condition, []).append(curve)
             print(f"seed {seed} {condition}: {TARGET} exact match {curve[-1][1]:.4f}", flush=True)
     mixed = {condition: mixture_counts(coefficients, args.basic_rows, top_k=2)
              for condition, coefficients in mixtures.items()}
-    title = (f"Scenario 1 on the demo: {args.complex_rows} {TARGET} rows + {args.basic_rows} basic rows "
+    title = (f"Scenario 1: {args.complex_rows} {TARGET} rows + {args.basic_rows} basic rows "
              f"({'; '.join(f'{condition} {counts}' for condition, counts in mixed.items())}), "
-             f"{args.steps} steps")
-    settings = vars(args) | {"out": str(args.out), "compose": str(args.compose), "coefficients": mixtures,
+             f"{args.steps} steps from the base")
+    settings = vars(args) | {"out": str(args.out), "compose": str(args.compose), "base": str(args.base),
+                             "coefficients": mixtures,
                              "basic_rows_by_condition": mixed, "seconds": round(time.perf_counter() - started)}
-    print(write_results(args.out, title, curves, settings))
-    print(f"wrote {args.out}/table.md, table.csv, results.json, accuracy.png in {settings['seconds']} s")
+    pairs = [("composed", other) for other in ("uniform", "complex", "unrelated")]
+    print(write_results(args.out, title, curves, settings, pairs))
+    print(f"wrote {args.out}/table.md, table.csv, comparisons.csv, results.json, accuracy.png in "
+          f"{settings['seconds']} s")
 
 
 if __name__ == "__main__":

@@ -231,3 +231,37 @@ def mixture_counts(coefficients: Mapping[str, float], total: int, top_k: int) ->
     by_fraction = np.argsort(-(quotas - counts), kind="stable")
     counts[by_fraction[:remainder]] += 1
     return {name: int(count) for (name, _), count in zip(chosen, counts)}
+
+
+CONCENTRATION = {"gini": gini, "cv": coefficient_of_variation, "kurtosis": kurtosis}
+
+
+def bootstrap_table1(base: ArrayLike, last: ArrayLike, resamples: int = 1000, level: float = 0.95,
+                     seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """Table 1's statistics with percentile bootstrap intervals over probe rows.
+
+    `base`, `last`: per-example patterns [N, L, H] of the same N probe rows at the base and the last step; each
+    resample draws N rows with replacement (the same rows at both steps) and averages them into the two
+    patterns. Returns {name: (value on all rows, low, high)} for `gini_base`, `gini_last`, `gini_change`
+    (last - base), likewise `cv_*` and `kurtosis_*`, and `pearson_drift` (Pearson of base and last).
+    """
+    base, last = np.asarray(base, dtype=np.float64), np.asarray(last, dtype=np.float64)
+    if base.ndim != 3 or base.shape != last.shape or len(base) < 2:
+        raise ValueError(f"per-example patterns of shapes {base.shape} and {last.shape}; pass two [N, L, H] "
+                         "arrays of the same probe rows, N >= 2")
+
+    def table(rows: np.ndarray) -> np.ndarray:
+        before, after = base[rows].mean(axis=0), last[rows].mean(axis=0)
+        values = []
+        for function in CONCENTRATION.values():
+            values += [function(before), function(after), function(after) - function(before)]
+        return np.array([*values, pearson(before, after)])
+
+    names = [f"{name}_{which}" for name in CONCENTRATION for which in ("base", "last", "change")] + ["pearson_drift"]
+    rows = np.arange(len(base))
+    result = scipy.stats.bootstrap((rows,), lambda sample: table(sample.astype(int)), vectorized=False,
+                                   n_resamples=resamples, confidence_level=level, method="percentile",
+                                   random_state=np.random.default_rng(seed))
+    interval = result.confidence_interval
+    return {name: (float(value), float(low), float(high))
+            for name, value, low, high in zip(names, table(rows), interval.low, interval.high)}

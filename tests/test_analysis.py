@@ -21,6 +21,7 @@ from callbacks import HeadActivationCallback
 from lightning_sft.data.adapters import ADAPTERS
 from lightning_sft.analysis.__main__ import main
 from lightning_sft.data import collate, tokenize_rows
+from lightning_sft import stats
 from lightning_sft.storage import load_patterns, save_pattern
 from tests.conftest import tiny_llama_config
 
@@ -432,3 +433,28 @@ def test_module_entry_point(runs):
     result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
     assert result.returncode == 0, result.stderr
     assert "| mmlu | 0 | 4 |" in result.stdout
+
+
+def test_stats_bootstrap_over_probe_rows(capsys, tmp_path):
+    generator = np.random.default_rng(1)
+    rows = {step: generator.gamma(2.0, size=(20, 2, 4)).astype(np.float32) for step in (0, 3)}
+    folder = tmp_path / "logs" / "head_patterns"
+    for step, per_example in rows.items():
+        save_pattern(folder, "arc", step, per_example.mean(axis=0), per_example=per_example,
+                     losses=np.ones(20, dtype=np.float32))
+    printed = _run(capsys, "stats", tmp_path / "logs", "--bootstrap", 200, "--out", tmp_path / "out")
+    [row] = _read_csv(tmp_path / "out" / "stats_bootstrap.csv")
+    expected = stats.bootstrap_table1(rows[0], rows[3], resamples=200)
+    assert row["rows"] == "20"
+    for name, triple in expected.items():
+        assert [float(row[f"{name}_{part}"]) for part in ("value", "low", "high")] == pytest.approx(triple)
+    [plain] = _read_csv(tmp_path / "out" / "stats.csv")
+    assert float(plain["gini_last"]) == pytest.approx(float(row["gini_last_value"]), rel=1e-6)
+    assert "bootstrap intervals over probe rows (200 resamples)" in printed
+    assert printed == (tmp_path / "out" / "stats.md").read_text() + "\n"  # print adds a newline
+
+
+def test_stats_bootstrap_needs_per_example(runs, capsys):
+    root, _ = runs
+    error = _fails(capsys, "stats", root / "gsm8k_task/version_0", "--bootstrap", 10)
+    assert "holds no per-example patterns" in error and "per_example=True" in error

@@ -1,5 +1,6 @@
-"""experiments/scenario1.py and scenario2.py: the training sets they build, and each command end to end on a
-minimal budget (tables, results and plot written and consistent with each other)."""
+"""experiments/pretrain_base.py, scenario1.py and scenario2.py: the training sets they build, the paired
+statistics, and each command end to end on a minimal budget (a tiny base pre-trained for 8 steps; tables,
+results and plot written and consistent with each other)."""
 
 import csv
 import json
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments.demo_runs import held_out, write_results
+from scipy import stats
+
+from experiments.demo_runs import compare, detectable_difference, held_out, interval, write_results
 from experiments.scenario1 import pair_coefficients, training_sets
 
 ROOT = Path(__file__).parents[1]
@@ -64,52 +67,111 @@ def test_held_out_rows_avoid_training_prompts():
     assert all(row["response"] == str(eval(row["prompt"][4:-1]))[::-1] for row in rows)
 
 
-def run_scenario(module: str, out: Path, *options: str) -> None:
-    command = [sys.executable, "-m", module, "--out", str(out), "--seeds", "0", "1", "--steps", "24",
-               "--eval-rows", "8", *options]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+def run_module(module: str, *options: object) -> None:
+    result = subprocess.run([sys.executable, "-m", module, *map(str, options)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def check_results(out: Path, conditions: list[str], steps: int) -> None:
-    """table.csv, table.md, results.json and accuracy.png agree: last curve point per seed, mean and std."""
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A tiny base from experiments/pretrain_base.py: 8 steps on the basic tasks, a 24-step probe run."""
+    out = tmp_path_factory.mktemp("base")
+    run_module("experiments.pretrain_base", "--out", out, "--rows-per-task", 40, "--steps", 8, "--eval-rows", 8,
+               "--probe-steps", 24, "--probe-rows", 6, "--bootstrap", 50)
+    return out
+
+
+def run_scenario(module: str, out: Path, base: Path, *options: object) -> None:
+    run_module(module, "--out", out, "--base", base / "hf_export", "--seeds", 0, 1, "--steps", 24,
+               "--eval-rows", 8, *options)
+
+
+def check_results(out: Path, conditions: list[str], steps: int, pairs: list[tuple[str, str]]) -> None:
+    """table.csv, comparisons.csv, table.md, results.json and accuracy.png agree: last curve point per seed,
+    mean, t-interval, paired differences."""
     results = json.loads((out / "results.json").read_text())
     assert list(results["curves"]) == conditions
     with open(out / "table.csv", newline="") as file:
         table = list(csv.DictReader(file))
     assert [row["condition"] for row in table] == conditions
     markdown = (out / "table.md").read_text()
+    finals = {}
     for row in table:
         curves = results["curves"][row["condition"]]
         assert len(curves) == 2 and all(curve[-1][0] == steps for curve in curves)
-        assert [point[0] for point in curves[0]][-1] == steps
-        finals, losses = [curve[-1][1] for curve in curves], [curve[-1][2] for curve in curves]
-        assert all(0 <= value <= 1 for value in finals) and all(value > 0 for value in losses)
-        assert [float(row["exact_match_seed_0"]), float(row["exact_match_seed_1"])] == finals
-        assert float(row["exact_match_mean"]) == pytest.approx(statistics.mean(finals))
-        assert float(row["exact_match_std"]) == pytest.approx(statistics.stdev(finals))
+        finals[row["condition"]] = [curve[-1][1] for curve in curves]
+        losses = [curve[-1][2] for curve in curves]
+        accuracy = finals[row["condition"]]
+        assert all(0 <= value <= 1 for value in accuracy) and all(value > 0 for value in losses)
+        assert [float(row["exact_match_seed_0"]), float(row["exact_match_seed_1"])] == accuracy
+        assert float(row["exact_match_mean"]) == pytest.approx(statistics.mean(accuracy))
+        assert [float(row["exact_match_ci_low"]), float(row["exact_match_ci_high"])] == pytest.approx(
+            interval(accuracy))
         assert float(row["loss_mean"]) == pytest.approx(statistics.mean(losses))
         assert float(row["loss_std"]) == pytest.approx(statistics.stdev(losses))
-        assert (f"| {row['condition']} | {finals[0] / 2 + finals[1] / 2:.3f} ± {statistics.stdev(finals):.3f} |"
-                in markdown)
+        assert f"| {row['condition']} | {statistics.mean(accuracy):.3f} [" in markdown
+    with open(out / "comparisons.csv", newline="") as file:
+        compared = list(csv.DictReader(file))
+    assert [(row["first"], row["second"]) for row in compared] == pairs
+    for row, (first, second) in zip(compared, pairs):
+        difference = statistics.mean(finals[first]) - statistics.mean(finals[second])
+        assert float(row["difference"]) == pytest.approx(difference)
+        assert f"| {first} - {second} | {float(row['difference']):+.3f} [" in markdown
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_write_results_tables_agree_with_the_curves(tmp_path):
     curves = {"a": [[[6, 0.5, 2.0], [24, 0.25, 1.5]], [[6, 0.0, 3.0], [24, 0.75, 1.0]]],
               "b": [[[6, 0.0, 4.0], [24, 0.125, 2.5]], [[6, 0.0, 4.0], [24, 0.125, 3.5]]]}
-    table = write_results(tmp_path, "title", curves, {"seeds": [0, 1]})
-    check_results(tmp_path, ["a", "b"], steps=24)
-    assert "| a | 0.500 ± 0.354 | 0.250, 0.750 | 1.250 ± 0.354 |" in table
-    assert "| b | 0.125 ± 0.000 | 0.125, 0.125 | 3.000 ± 0.707 |" in table
+    table = write_results(tmp_path, "title", curves, {"seeds": [0, 1]}, [("a", "b")])
+    check_results(tmp_path, ["a", "b"], steps=24, pairs=[("a", "b")])
+    assert "| a | 0.500 [-2.677, 3.677] | 0.250, 0.750 | 1.250 ± 0.354 |" in table  # 0.5 ± 12.706 * 0.25
+    assert "| b | 0.125 [0.125, 0.125] | 0.125, 0.125 | 3.000 ± 0.707 |" in table
+    assert "| a - b | +0.375 [-2.802, +3.552] |" in table
+
+
+def test_paired_statistics():
+    first, second = [0.50, 0.40, 0.60, 0.55, 0.45], [0.30, 0.35, 0.50, 0.40, 0.30]
+    result = compare(first, second)
+    differences = [0.20, 0.05, 0.10, 0.15, 0.15]
+    assert result["difference"] == pytest.approx(0.13)
+    half = stats.t.ppf(0.975, 4) * statistics.stdev(differences) / 5 ** 0.5
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((0.13 - half, 0.13 + half))
+    assert result["t_p"] == pytest.approx(stats.ttest_1samp(differences, 0).pvalue)
+    assert result["wilcoxon_p"] == pytest.approx(0.0625)  # 5 pairs, all one sign: the smallest two-sided p
+    # the detectable difference: the paired t-test rejects it 80% of the time; large n -> (z_0.975 + z_0.8) sd/sqrt(n)
+    shift = detectable_difference(1.0, 5) * 5 ** 0.5
+    assert stats.nct.sf(stats.t.ppf(0.975, 4), 4, shift) == pytest.approx(0.8)
+    assert detectable_difference(2.0, 5) == pytest.approx(2 * detectable_difference(1.0, 5))
+    assert detectable_difference(1.0, 10_000) * 100 == pytest.approx(1.95996 + 0.84162, rel=1e-3)
+    assert result["detectable"] == pytest.approx(detectable_difference(statistics.stdev(differences), 5))
 
 
 @pytest.mark.slow
-def test_scenario1_end_to_end(tmp_path, compose_csv):
+def test_pretrain_base_writes_a_reloadable_base(base):
+    config = json.loads((base / "hf_export" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (192, 4)
+    accuracy = json.loads((base / "accuracy.json").read_text())
+    assert set(accuracy) == {"addition", "reversal", "sorting", "counting", "reversed_sum"}
+    assert all(0 <= value <= 1 for value in accuracy.values())
+    with open(base / "compose" / "compose.csv", newline="") as file:
+        fits = list(csv.DictReader(file))
+    assert len(fits) == 6 and fits[0]["rank"] == "1"  # every pair of the four basic tasks
+    with open(base / "stats" / "stats_bootstrap.csv", newline="") as file:
+        assert [row["probe"] for row in csv.DictReader(file)] == [
+            "addition", "reversal", "sorting", "counting", "reversed_sum"]
+    pretrained = {json.loads(line)["prompt"] for line in (base / "train.jsonl").read_text().splitlines()}
+    assert not any("+" in prompt and prompt.startswith("rev ") for prompt in pretrained)  # no reversed_sum
+
+
+@pytest.mark.slow
+def test_scenario1_end_to_end(tmp_path, compose_csv, base):
     out = tmp_path / "s1"
-    run_scenario("experiments.scenario1", out, "--compose", str(compose_csv), "--complex-rows", "4",
-                 "--basic-rows", "16")
-    check_results(out, ["composed", "unrelated", "uniform", "complex"], steps=24)
+    run_scenario("experiments.scenario1", out, base, "--compose", compose_csv, "--complex-rows", 4,
+                 "--basic-rows", 16)
+    check_results(out, ["composed", "unrelated", "uniform", "complex"], steps=24,
+                  pairs=[("composed", "uniform"), ("composed", "complex"), ("composed", "unrelated")])
     curve = json.loads((out / "results.json").read_text())["curves"]["composed"][0]
     assert [point[0] for point in curve] == [6, 12, 18, 24]  # every quarter of the budget
     settings = json.loads((out / "results.json").read_text())["settings"]
@@ -122,21 +184,23 @@ def test_scenario1_end_to_end(tmp_path, compose_csv):
 
 
 @pytest.mark.slow
-def test_scenario2_end_to_end(tmp_path):
+def test_scenario2_end_to_end(tmp_path, base):
     out = tmp_path / "s2"
-    run_scenario("experiments.scenario2", out, "--base-rows", "32", "--base-steps", "24", "--pool-per-task", "6",
-                 "--target-rows", "4", "--k", "5")
-    check_results(out, ["selected", "random"], steps=24)
-    assert (out / "selecting_model" / "hf_export" / "config.json").is_file()
+    run_scenario("experiments.scenario2", out, base, "--pool-per-task", 6, "--target-rows", 4, "--k", 3, 5)
+    conditions = ["selected_k3", "random_k3", "selected_k5", "random_k5"]
+    check_results(out, conditions, steps=24, pairs=[("selected_k3", "random_k3"), ("selected_k5", "random_k5")])
     for seed in (0, 1):
         pool = (out / f"seed{seed}" / "pool.jsonl").read_text().splitlines()
         selected = (out / f"seed{seed}" / "selected.jsonl").read_text().splitlines()
         assert len(pool) == 30 and len(selected) == 5 and set(selected) <= set(pool)
+        for k in (3, 5):  # the k best of the one ranking
+            assert (out / f"seed{seed}" / f"selected_k{k}" / "train.jsonl").read_text().splitlines() == [
+                json.dumps(json.loads(line)) for line in selected[:k]]
     composition = json.loads((out / "results.json").read_text())["settings"]["composition"]
-    assert [row[:2] for row in composition] == [[0, "selected"], [0, "random"], [1, "selected"], [1, "random"]]
-    assert all(sum(row[2:]) == 5 for row in composition)
-    selected_rows = [json.loads(line) for line in (out / "seed0" / "selected.jsonl").read_text().splitlines()]
+    assert [row[:2] for row in composition] == [[seed, condition] for seed in (0, 1) for condition in conditions]
+    assert all(sum(row[2:]) == int(row[1].split("_k")[1]) for row in composition)
+    selected_rows = [json.loads(line) for line in (out / "seed0" / "selected.jsonl").read_text().splitlines()[:3]]
     counts = Counter(prefix(row) for row in selected_rows)
     assert composition[0][2:] == [counts["addition"], counts["reversal"], counts["sort"], counts["count"],
                                   counts["reversed_sum"]]
-    assert "| 0 | selected |" in (out / "composition.md").read_text()
+    assert "| 0 | selected_k5 |" in (out / "composition.md").read_text()

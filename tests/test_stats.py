@@ -144,3 +144,33 @@ def test_mixture_counts_largest_remainder():
 def test_undefined_inputs_raise(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_bootstrap_table1_values_and_intervals(rng):
+    base = rng.gamma(2.0, size=(40, 2, 4))
+    base[:, 0, 0] += 3.0  # one dominant head
+    last = np.abs(base + rng.normal(0, 0.5, size=base.shape))
+    table = stats.bootstrap_table1(base, last, resamples=300)
+    before, after = base.mean(axis=0), last.mean(axis=0)
+    for name, function in stats.CONCENTRATION.items():
+        assert table[f"{name}_base"][0] == pytest.approx(function(before))
+        assert table[f"{name}_last"][0] == pytest.approx(function(after))
+        assert table[f"{name}_change"][0] == pytest.approx(function(after) - function(before))
+    assert table["pearson_drift"][0] == pytest.approx(stats.pearson(before, after))
+    assert all(low < high for _, low, high in table.values())
+    assert stats.bootstrap_table1(base, last, resamples=300) == table  # reproducible from the seed
+    wide = stats.bootstrap_table1(base[:10], last[:10], resamples=300)
+    narrow = stats.bootstrap_table1(np.tile(base, (8, 1, 1)), np.tile(last, (8, 1, 1)), resamples=300)
+    for name in ("gini_base", "cv_change", "pearson_drift"):  # more rows, less sampling noise
+        assert narrow[name][2] - narrow[name][1] < (wide[name][2] - wide[name][1]) / 2
+
+
+def test_bootstrap_table1_without_noise(rng):
+    row = rng.gamma(2.0, size=(1, 2, 4))
+    same = np.repeat(row, 12, axis=0)  # every probe row the same: no sampling noise
+    table = stats.bootstrap_table1(same, same * 2, resamples=50)
+    for name, (value, low, high) in table.items():
+        assert low == pytest.approx(value) and high == pytest.approx(value), name
+    assert table["gini_change"][0] == pytest.approx(0.0) and table["pearson_drift"][0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same probe rows"):
+        stats.bootstrap_table1(same, same[:5])

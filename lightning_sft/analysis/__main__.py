@@ -1,6 +1,6 @@
 """`python -m lightning_sft.analysis <command> ...`: the paper's analyses of saved head patterns.
 
-    stats      RUN... [--out DIR]                            Table 1: Gini, CV, kurtosis, base vs last step
+    stats      RUN... [--out DIR] [--bootstrap N]            Table 1: Gini, CV, kurtosis, base vs last step
     similarity RUN... --out DIR                              Figure 2: correlation of pattern changes
     drift      RUN... --out DIR                              Figure 5: Pearson / MSE vs base, per step
     heatmaps   RUN... --out DIR                              layers x heads heatmaps: base, last, change
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="Table 1: Gini, CV and kurtosis of each probe, base vs last step")
     stats.add_argument("runs", nargs="+", metavar="RUN", help=runs_help)
     stats.add_argument("--out", type=Path, help="directory for stats.csv and stats.md")
+    stats.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                       help="N resamples of the probe rows: 95%% intervals of every statistic, its change and the "
+                            "Pearson drift (needs patterns saved with per_example=True)")
 
     similarity = commands.add_parser("similarity", help="Figure 2: correlation of pattern changes across probes")
     similarity.add_argument("runs", nargs="+", metavar="RUN", help=runs_help)
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> str:
     if args.out is not None:
         (check_output_file if args.command == "mix" else check_output_dir)(args.out)
     if args.command == "stats":
-        return stats_command(load_runs(args.runs), args.out)
+        return stats_command(load_runs(args.runs), args.out, args.bootstrap)
     if args.command == "similarity":
         return similarity_command(load_runs(args.runs), args.out)
     if args.command == "drift":

@@ -35,10 +35,13 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]
     return path
 
 
-def stats_command(patterns: Patterns, out: Path | None = None) -> str:
+def stats_command(patterns: Patterns, out: Path | None = None, bootstrap: int = 0) -> str:
     """Table 1: Gini, coefficient of variation and Pearson kurtosis of each probe's pattern, base vs last step.
 
-    Writes `stats.csv` and `stats.md` to `out` when given.
+    With `bootstrap` resamples, also 95% percentile intervals over probe rows (`stats.bootstrap_table1`) of
+    each statistic at the base, at the last step, of its change and of the Pearson drift (base vs last); a
+    change whose interval excludes 0 exceeds the probe's sampling noise. Writes `stats.csv` and `stats.md`
+    (and `stats_bootstrap.csv`) to `out` when given.
     """
     header = ["probe", "base_step", "last_step", "gini_base", "gini_last", "cv_base", "cv_last",
               "kurtosis_base", "kurtosis_last"]
@@ -51,6 +54,23 @@ def stats_command(patterns: Patterns, out: Path | None = None) -> str:
     table = markdown_table(header, rows)
     if out is not None:
         write_csv(out / "stats.csv", header, rows)
+    if bootstrap:
+        intervals = []
+        for probe, base_step, last_step, *_ in rows:
+            base, last = patterns.per_example(probe, base_step), patterns.per_example(probe, last_step)
+            intervals.append((probe, len(base), stats.bootstrap_table1(base, last, resamples=bootstrap)))
+        names = list(intervals[0][2])
+        table += (f"\n95% percentile bootstrap intervals over probe rows ({bootstrap} resamples): value [low, high]; "
+                  "a change whose interval excludes 0 exceeds the probe's sampling noise\n\n")
+        table += markdown_table(["probe", "rows", *names], [
+            [probe, count, *(f"{value:.4f} [{low:.4f}, {high:.4f}]" for value, low, high in values.values())]
+            for probe, count, values in intervals])
+        if out is not None:
+            write_csv(out / "stats_bootstrap.csv", ["probe", "rows", *(f"{name}_{part}" for name in names
+                                                                       for part in ("value", "low", "high"))],
+                      [[probe, count, *(number for triple in values.values() for number in triple)]
+                       for probe, count, values in intervals])
+    if out is not None:
         atomic_write_text(out / "stats.md", table)
     return table
 

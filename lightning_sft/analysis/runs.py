@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lightning_sft.storage import INDEX_NAME, load_index, load_patterns, pattern_path
+from lightning_sft.storage import INDEX_NAME, load_index, load_pattern_file, load_patterns, pattern_path
 
 
 def find_patterns_dir(run: str | Path) -> Path:
@@ -97,6 +97,15 @@ class Patterns:
                 "pass that directory"
             )
         return first, steps[first], last, steps[last]
+
+    def per_example(self, probe: str, step: int) -> np.ndarray:
+        """float64 [N, L, H]: each probe row's pattern at `step` (`HeadActivationCallback(per_example=True)`)."""
+        path = pattern_path(self.sources[probe], probe.rsplit("/", 1)[-1], step)  # merged names are `<run>/<probe>`
+        tensors = load_pattern_file(path)
+        if "per_example" not in tensors:
+            raise ValueError(f"{path} holds no per-example patterns; train with HeadActivationCallback("
+                             "per_example=True) to bootstrap over probe rows")
+        return tensors["per_example"].double().numpy()
 
     def change(self, probe: str) -> np.ndarray:
         """Last pattern minus base pattern [L, H] (the pattern change the paper analyses)."""
