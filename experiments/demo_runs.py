@@ -45,15 +45,20 @@ def write_rows(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
+def fresh_rows(task: str, count: int, rng: random.Random, seen: set[str]) -> list[dict]:
+    """`count` rows of `task` whose prompts are not in `seen`, each once; adds them to `seen`."""
+    rows = []
+    while len(rows) < count:
+        row = TASKS[task](rng)
+        if row["prompt"] not in seen:
+            rows.append(row)
+            seen.add(row["prompt"])
+    return rows
+
+
 def held_out(count: int, seen: set[str]) -> list[dict]:
     """`count` fresh reversed_sum rows whose prompts are not in `seen` (the training prompts), each once."""
-    rng, rows, prompts = random.Random(HELD_OUT_SEED), [], set(seen)
-    while len(rows) < count:
-        row = TASKS[TARGET](rng)
-        if row["prompt"] not in prompts:
-            rows.append(row)
-            prompts.add(row["prompt"])
-    return rows
+    return fresh_rows(TARGET, count, random.Random(HELD_OUT_SEED), set(seen))
 
 
 def train(rows_file: str, eval_file: str, seed: int, steps: int, folder: Path, *,

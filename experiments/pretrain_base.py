@@ -17,26 +17,15 @@ import time
 from pathlib import Path
 
 from callbacks import HeadActivationCallback
-from experiments.demo_runs import BASE_CONFIG, BASIC, TARGET, final_accuracy, held_out, train, write_rows
+from experiments.demo_runs import (BASE_CONFIG, BASIC, TARGET, final_accuracy, fresh_rows, held_out, train,
+                                  write_rows)
 from lightning_sft.analysis.commands import compose_command, stats_command
 from lightning_sft.analysis.runs import load_runs
 from lightning_sft.demo import TASKS
 from lightning_sft.storage import atomic_write_text
 
-
 BASE_SEED = 2_000  # the base's data and initialisation, apart from every scenario seed
 PROBE_SEED = 3_000  # the probe run's rows and probes
-
-
-def fresh_rows(task: str, count: int, rng: random.Random, seen: set[str]) -> list[dict]:
-    """`count` rows of `task` whose prompts are not in `seen`; adds them to `seen`."""
-    rows = []
-    while len(rows) < count:
-        row = TASKS[task](rng)
-        if row["prompt"] not in seen:
-            rows.append(row)
-            seen.add(row["prompt"])
-    return rows
 
 
 def main() -> None:
