@@ -38,13 +38,13 @@ def unsupported(requirements: list[Requirement]) -> list[str]:
     without DeepSpeed, datasets or jsonargparse, as on a bare GPU image)."""
     messages = []
     for requirement in requirements:
-        bounds = sorted(str(bound) for bound in requirement.specifier)
-        wanted = requirement.name + ",".join(sorted(bounds, key=lambda bound: not bound.startswith(">")))
         try:
             found = importlib.metadata.version(requirement.name)
         except importlib.metadata.PackageNotFoundError:
             continue
         if not requirement.specifier.contains(Version(found), prereleases=True):
+            bounds = sorted((str(bound) for bound in requirement.specifier), key=lambda bound: (bound[0] != ">", bound))
+            wanted = requirement.name + ",".join(bounds)
             messages.append(f"{requirement.name} {found} is installed; lightning-sft supports {wanted}"
                             f" (pip install '{wanted}')")
     return messages
