@@ -34,6 +34,7 @@ BASE_CONFIG = Path(__file__).parents[1] / "configs" / "scenarios" / "base.yaml" 
 BASE_MODEL = Path("runs/scenario_base/hf_export")  # written by experiments/pretrain_base.py
 METRIC = f"eval/{TARGET}/exact_match"
 MAX_NEW_TOKENS = 8  # a reversed_sum answer is at most 4 digits (999+999) plus eos; longer is wrong anyway
+FINE_TUNING_LR = 1e-3  # the scenarios' and the base's probe run's peak learning rate (warmup 20, cosine)
 HELD_OUT_SEED = 10_000  # the held-out rows' generator seed, apart from every training seed
 
 Curve = list[tuple[int, float, float]]  # (optimizer step, held-out exact match in [0, 1], held-out loss in nats)

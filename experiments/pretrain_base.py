@@ -1,13 +1,14 @@
 """The scenarios' base model: a demo-style Llama (configs/scenarios/base.yaml, 1.7 M parameters) pre-trained on
-the four basic tasks only, so that it is good at them and poor at the composed `reversed_sum`, as a pretrained
-LM is before SFT in the paper. Then a short probe run fine-tunes it on all five tasks with
-`HeadActivationCallback` (per-example patterns) and `analysis compose` fits the composition coefficients that
-Scenario 1 mixes by.
+the four basic tasks only (14 000 steps of batch 32, addition twice as many rows as the others, AdamW at the
+config's 5e-4), so that it is good at them and poor at the composed `reversed_sum`, as a pretrained LM is before
+SFT in the paper. Then a short probe run fine-tunes it on all five tasks with `HeadActivationCallback`
+(per-example patterns) and `analysis compose` fits the composition coefficients that Scenario 1 mixes by.
 
     python -m experiments.pretrain_base --out runs/scenario_base
 
 Writes `OUT/hf_export` (the base, `save_pretrained`), `OUT/accuracy.json` (held-out exact match per task),
-`OUT/probe_run` (the probe run's patterns), `OUT/compose/compose.csv` and `OUT/stats/stats.md`.
+`OUT/probe_run` (the probe run's patterns), `OUT/stats/stats.md`, and two fits: `OUT/compose` of the raw
+pattern changes (the paper's) and `OUT/compose_shares` of each head's share of its pattern's sum.
 """
 
 import argparse
@@ -17,8 +18,8 @@ import time
 from pathlib import Path
 
 from callbacks import HeadActivationCallback
-from experiments.demo_runs import (BASE_CONFIG, BASIC, TARGET, final_accuracy, fresh_rows, held_out, train,
-                                  write_rows)
+from experiments.demo_runs import (BASE_CONFIG, BASIC, FINE_TUNING_LR, TARGET, final_accuracy, fresh_rows, held_out,
+                                  train, write_rows)
 from lightning_sft.analysis.commands import compose_command, stats_command
 from lightning_sft.analysis.runs import load_runs
 from lightning_sft.demo import TASKS
@@ -33,8 +34,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/scenario_base"))
     parser.add_argument("--init", type=Path, help="continue pre-training this save_pretrained folder (default: random)")
     parser.add_argument("--seed", type=int, default=BASE_SEED, help="seed of the pre-training rows and initialisation")
-    parser.add_argument("--rows-per-task", type=int, default=8000, help="pre-training rows of each basic task")
-    parser.add_argument("--steps", type=int, default=3000, help="pre-training steps of batch 32 (a multiple of 4)")
+    parser.add_argument("--rows-per-task", type=int, default=80_000, help="pre-training rows of each basic task")
+    parser.add_argument("--addition-rows", type=int, default=160_000,
+                        help="pre-training rows of addition, the slowest task to learn")
+    parser.add_argument("--steps", type=int, default=14_000,
+                        help="pre-training steps of batch 32 (a multiple of 4)")
     parser.add_argument("--eval-rows", type=int, default=256, help="held-out rows per task for exact match")
     parser.add_argument("--probe-steps", type=int, default=100, help="probe run's steps of batch 32 (multiple of 4)")
     parser.add_argument("--probe-rows", type=int, default=64, help="rows of each task's probe set")
@@ -42,7 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     rng = random.Random(args.seed)
-    rows = [row for name in BASIC for row in [TASKS[name](rng) for _ in range(args.rows_per_task)]]
+    counts = {name: args.rows_per_task for name in BASIC} | {"addition": args.addition_rows}
+    rows = [TASKS[name](rng) for name in BASIC for _ in range(counts[name])]
     rng.shuffle(rows)
     seen = {row["prompt"] for row in rows}
     evals = {name: write_rows(args.out / "eval" / f"{name}.jsonl", fresh_rows(name, args.eval_rows, rng, seen))
@@ -65,10 +70,12 @@ def main() -> None:
                                       log_histograms=False, per_example=True)
     folder = args.out / "probe_run"
     train(write_rows(folder / "train.jsonl", mixed), target, PROBE_SEED, args.probe_steps, folder,
-          pretrained=str(args.out / "hf_export"), config=BASE_CONFIG, callbacks=[callback])
+          pretrained=str(args.out / "hf_export"), config=BASE_CONFIG, learning_rate=FINE_TUNING_LR,
+          callbacks=[callback])
     patterns = load_runs([folder])
     print(stats_command(patterns, args.out / "stats", bootstrap=args.bootstrap))
-    print(compose_command(patterns, TARGET, list(BASIC), 2, args.out / "compose"))
+    print(compose_command(patterns, TARGET, list(BASIC), 2, args.out / "compose"))  # raw: the paper's, for comparison
+    print(compose_command(patterns, TARGET, list(BASIC), 2, args.out / "compose_shares", shares=True))
     print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s")
 
 

@@ -2,7 +2,7 @@
 mixed by the composition coefficients? Judged by held-out `reversed_sum` exact match.
 
     python -m experiments.pretrain_base --out runs/scenario_base    # the base model, once
-    python -m experiments.scenario1 --out runs/scenario1    # 4 conditions x 5 seeds: tables, results, plot
+    python -m experiments.scenario1 --out runs/scenario1    # 4 conditions x 10 seeds: tables, results, plot
 
 Every condition fine-tunes the base model (`--base`, a save_pretrained folder: experiments/pretrain_base.py's
 Llama pre-trained on the four basic tasks only) for the same number of optimizer steps of batch 32 (the
@@ -17,8 +17,9 @@ budget), the same seed per condition (a pair):
 A condition whose rows equal another's (the same seed) re-uses that run instead of training again.
 
 `--compose` is a `compose.csv` written by `python -m lightning_sft.analysis compose RUN --target reversed_sum
---bases addition reversal sorting counting --subset-size 2 --out DIR`; the committed docs/scenarios/compose.csv
-is experiments/pretrain_base.py's fit on the base's probe run (docs/scenarios/README.md).
+--bases addition reversal sorting counting --subset-size 2 --shares --out DIR`; the committed
+docs/scenarios/compose.csv is experiments/pretrain_base.py's share fit on the base's probe run (its raw fit has no
+positive coefficient: docs/scenarios/README.md).
 Training rows come from `lightning_sft.demo`'s generators; the held-out rows are fresh reversed_sum rows whose
 prompts occur in no training set of any seed.
 """
@@ -30,8 +31,8 @@ import random
 import time
 from pathlib import Path
 
-from experiments.demo_runs import (BASE_CONFIG, BASE_MODEL, BASIC, TARGET, Curve, held_out, train, write_results,
-                                  write_rows)
+from experiments.demo_runs import (BASE_CONFIG, BASE_MODEL, BASIC, FINE_TUNING_LR, TARGET, Curve, held_out, train,
+                                  write_results, write_rows)
 from lightning_sft.analysis.scenarios import read_compose_coefficients
 from lightning_sft.demo import TASKS
 from lightning_sft.stats import mixture_counts
@@ -73,12 +74,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/scenario1"))
     parser.add_argument("--base", type=Path, default=BASE_MODEL, help="the base model's save_pretrained folder")
     parser.add_argument("--compose", type=Path, default=COMPOSE, help="compose.csv of the base's probe run")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--complex-rows", type=int, default=64, help="reversed_sum training rows")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    parser.add_argument("--complex-rows", type=int, default=256, help="reversed_sum training rows")
     parser.add_argument("--basic-rows", type=int, default=1536, help="basic-task rows added (conditions but complex)")
-    parser.add_argument("--steps", type=int, default=200,
+    parser.add_argument("--steps", type=int, default=600,
                         help="optimizer steps of batch 32 per run (the budget), a multiple of 4")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (cosine, warmup 20)")
+    parser.add_argument("--learning-rate", type=float, default=FINE_TUNING_LR,
+                        help="peak learning rate (cosine, warmup 20)")
     parser.add_argument("--eval-rows", type=int, default=256, help="held-out reversed_sum rows")
     args = parser.parse_args()
     if len(args.seeds) < 2:

@@ -3,7 +3,7 @@ as a probe), do the `k` pool rows whose head pattern correlates best with the ta
 than `k` random rows of the same pool? Judged by held-out `reversed_sum` exact match.
 
     python -m experiments.pretrain_base --out runs/scenario_base    # the base model, once
-    python -m experiments.scenario2 --out runs/scenario2    # 2 conditions x 2 k x 5 seeds: tables, results, plot
+    python -m experiments.scenario2 --out runs/scenario2    # 2 conditions x 2 k x 10 seeds: tables, results, plot
 
 1. The selecting model is the base (`--base`, experiments/pretrain_base.py's Llama pre-trained on the four
    basic tasks, never on reversed_sum), as in the paper: pretrained, not yet tuned on the target.
@@ -22,7 +22,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from experiments.demo_runs import BASE_CONFIG, BASE_MODEL, TARGET, Curve, held_out, train, write_results, write_rows
+from experiments.demo_runs import (BASE_CONFIG, BASE_MODEL, FINE_TUNING_LR, TARGET, Curve, held_out, train,
+                                  write_results, write_rows)
 from lightning_sft.analysis.commands import markdown_table
 from lightning_sft.score import ScoringOptions
 from lightning_sft.select import select_command
@@ -42,13 +43,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/scenario2"))
     parser.add_argument("--base", type=Path, default=BASE_MODEL, help="the base model's save_pretrained folder")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--pool-per-task", type=int, default=400, help="pool rows of each of the five tasks")
     parser.add_argument("--target-rows", type=int, default=32, help="private reversed_sum rows (the probe)")
-    parser.add_argument("--k", type=int, nargs="+", default=[64, 256], help="rows selected, and rows drawn at random")
-    parser.add_argument("--steps", type=int, default=200,
+    parser.add_argument("--k", type=int, nargs="+", default=[128, 512], help="rows selected, and rows drawn at random")
+    parser.add_argument("--steps", type=int, default=600,
                         help="fine-tuning steps of batch 32 per run (the budget), a multiple of 4")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (cosine, warmup 20)")
+    parser.add_argument("--learning-rate", type=float, default=FINE_TUNING_LR,
+                        help="peak learning rate (cosine, warmup 20)")
     parser.add_argument("--eval-rows", type=int, default=256, help="held-out reversed_sum rows")
     args = parser.parse_args()
     if len(args.seeds) < 2:

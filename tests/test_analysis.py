@@ -20,6 +20,8 @@ from transformers import LlamaForCausalLM
 from callbacks import HeadActivationCallback
 from lightning_sft.data.adapters import ADAPTERS
 from lightning_sft.analysis.__main__ import main
+from lightning_sft.analysis.commands import compose_command
+from lightning_sft.analysis.runs import Patterns
 from lightning_sft.data import collate, tokenize_rows
 from lightning_sft import stats
 from lightning_sft.storage import load_patterns, save_pattern
@@ -221,6 +223,41 @@ def test_compose_ranks_every_subset(runs, capsys, tmp_path):
     assert printed.startswith("Target: math") and (tmp_path / "compose.md").read_text() in printed
     image = matplotlib.image.imread(tmp_path / "compose.png")
     assert image.shape == (round(100 * (1.2 + 0.32 * 3)), 750, 4)
+
+
+def test_compose_shares_fits_each_heads_share_of_the_sum(runs, capsys, tmp_path):
+    root, scored = runs
+    merged = _merged(scored)
+    _run(capsys, "compose", *(root / run for run in RUNS), "--target", "math", "--bases", "arc", "mmlu",
+         "--subset-size", 2, "--shares", "--out", tmp_path)
+    [row] = _read_csv(tmp_path / "compose.csv")
+
+    def share_change(name: str) -> np.ndarray:
+        base, last = merged[name][0], merged[name][4]
+        return (last / last.sum() - base / base.sum()).ravel()
+
+    design = np.stack([share_change("arc"), share_change("mmlu")], axis=1)
+    beta, *_ = np.linalg.lstsq(design, share_change("math"), rcond=None)
+    assert [float(row["coefficient_arc"]), float(row["coefficient_mmlu"])] == pytest.approx(beta, rel=1e-6)
+    assert "changes of the shares of each pattern's sum" in (tmp_path / "compose.md").read_text()
+
+
+def test_compose_says_when_the_overall_scale_moved():
+    """A target whose pattern only shrinks 4x (its loss fell): the raw fit explains it by a basis that grew by the
+    target's base pattern, and says the scale moved; in shares the target did not change at all."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.5, 1.5, (2, 4))
+    other = rng.uniform(0.5, 1.5, (2, 4))
+    patterns = Patterns(probes={"t": {0: base, 9: base / 4}, "b": {0: other, 9: other + base},
+                                "c": {0: other, 9: other * 1.1}},
+                        shape=(2, 4), sources={"t": Path("t"), "b": Path("b"), "c": Path("c")})
+    raw = compose_command(patterns, "t", ["b", "c"], 1)
+    assert "| 1 | 1.0000 | b=-0.7500 |" in raw
+    assert "Total score, last step over base: t x0.25." in raw  # b grew 1 + base.sum() / other.sum(), under 2x
+    with pytest.raises(ValueError, match="target"):  # t's shares did not move: nothing to fit, refused
+        compose_command(patterns, "t", ["b", "c"], 1, shares=True)
+    patterns.probes["t"][9] = base / 4 + other / 100
+    assert "Total score" not in compose_command(patterns, "t", ["b", "c"], 1, shares=True)
 
 
 def test_mix_draws_proportional_rows_reproducibly(capsys, tmp_path):

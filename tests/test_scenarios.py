@@ -77,7 +77,8 @@ def run_module(module: str, *options: object) -> None:
 def base(tmp_path_factory) -> Path:
     """A tiny base from experiments/pretrain_base.py: 8 steps on the basic tasks, a 24-step probe run."""
     out = tmp_path_factory.mktemp("base")
-    run_module("experiments.pretrain_base", "--out", out, "--rows-per-task", 40, "--steps", 8, "--eval-rows", 8,
+    run_module("experiments.pretrain_base", "--out", out, "--rows-per-task", 40, "--addition-rows", 60, "--steps", 8,
+               "--eval-rows", 8,
                "--probe-steps", 24, "--probe-rows", 6, "--bootstrap", 50)
     return out
 
@@ -155,14 +156,18 @@ def test_pretrain_base_writes_a_reloadable_base(base):
     accuracy = json.loads((base / "accuracy.json").read_text())
     assert set(accuracy) == {"addition", "reversal", "sorting", "counting", "reversed_sum"}
     assert all(0 <= value <= 1 for value in accuracy.values())
-    with open(base / "compose" / "compose.csv", newline="") as file:
-        fits = list(csv.DictReader(file))
-    assert len(fits) == 6 and fits[0]["rank"] == "1"  # every pair of the four basic tasks
+    for fit in ("compose", "compose_shares"):
+        with open(base / fit / "compose.csv", newline="") as file:
+            fits = list(csv.DictReader(file))
+        assert len(fits) == 6 and fits[0]["rank"] == "1"  # every pair of the four basic tasks
+    assert "changes of the shares" in (base / "compose_shares" / "compose.md").read_text()
     with open(base / "stats" / "stats_bootstrap.csv", newline="") as file:
         assert [row["probe"] for row in csv.DictReader(file)] == [
             "addition", "reversal", "sorting", "counting", "reversed_sum"]
-    pretrained = {json.loads(line)["prompt"] for line in (base / "train.jsonl").read_text().splitlines()}
+    pretrained = [json.loads(line)["prompt"] for line in (base / "train.jsonl").read_text().splitlines()]
     assert not any("+" in prompt and prompt.startswith("rev ") for prompt in pretrained)  # no reversed_sum
+    kinds = Counter("addition" if "+" in prompt else prompt.split()[0] for prompt in pretrained)
+    assert kinds == {"addition": 60, "rev": 40, "sort": 40, "count": 40}  # --addition-rows 60, --rows-per-task 40
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@
     similarity RUN... --out DIR                              Figure 2: correlation of pattern changes
     drift      RUN... --out DIR                              Figure 5: Pearson / MSE vs base, per step
     heatmaps   RUN... --out DIR                              layers x heads heatmaps: base, last, change
-    compose    RUN... --target T --bases A B ... --subset-size K [--out DIR]     Figure 4: R^2 per subset
+    compose    RUN... --target T --bases A B ... --subset-size K [--shares] [--out DIR]   Figure 4: R^2 per subset
     mix        (--coefficients A=0.4 ... | --from-compose CSV) --datasets A=PATH ... --total N --out FILE
 
 Scenario 2 (data selection) re-runs a model: `python -m lightning_sft.select`.
@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("--target", required=True, help="probe whose pattern change is fitted")
     compose.add_argument("--bases", nargs="+", required=True, help="probes whose changes are the regressors")
     compose.add_argument("--subset-size", type=int, required=True, help="number of bases in each fit (K)")
+    compose.add_argument("--shares", action="store_true",
+                         help="fit changes of each head's share of its pattern's sum, not of the raw scores "
+                              "(whose overall size follows the probe's loss)")
     compose.add_argument("--out", type=Path, help="directory for compose.csv, compose.md and compose.png")
 
     mix = commands.add_parser("mix", help="Scenario 1: mix datasets in proportion to composition coefficients")
@@ -110,7 +113,8 @@ def run(args: argparse.Namespace) -> str:
     if args.command == "heatmaps":
         return heatmaps_command(load_runs(args.runs), args.out)
     if args.command == "compose":
-        return compose_command(load_runs(args.runs), args.target, args.bases, args.subset_size, args.out)
+        return compose_command(load_runs(args.runs), args.target, args.bases, args.subset_size, args.out,
+                               args.shares)
     if args.command == "mix":
         if args.from_compose is not None:
             coefficients = read_compose_coefficients(args.from_compose)

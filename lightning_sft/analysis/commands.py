@@ -141,12 +141,15 @@ def heatmaps_command(patterns: Patterns, out: Path) -> str:
 
 
 def compose_command(
-    patterns: Patterns, target: str, bases: Sequence[str], subset_size: int, out: Path | None = None
+    patterns: Patterns, target: str, bases: Sequence[str], subset_size: int, out: Path | None = None,
+    shares: bool = False,
 ) -> str:
     """Figure 4: R^2 of the target's pattern change fitted by every subset of `subset_size` bases' changes.
 
-    Writes `compose.csv` (rank, r2, bases, then `coefficient_<base>` per base, empty when not in the subset),
-    `compose.md` and `compose.png` to `out` when given.
+    With `shares`, the changes are of each head's share of its pattern's sum (`Patterns.change`). Writes
+    `compose.csv` (rank, r2, bases, then `coefficient_<base>` per base, empty when not in the subset),
+    `compose.md` and `compose.png` to `out` when given. The text says which probes' total score moved by more
+    than 2x: their raw changes are mostly that scale (it follows the loss), and `shares` removes it.
     """
     patterns.require([target], "target probe")
     patterns.require(bases, "--bases probe")
@@ -154,8 +157,8 @@ def compose_command(
         raise ValueError(f"target {target!r} is also in --bases; a probe trivially composes itself, remove it")
     if len(set(bases)) != len(bases):
         raise ValueError(f"--bases {' '.join(bases)} names a probe twice; pass each basis once")
-    fits = stats.composition_search(patterns.change(target), {name: patterns.change(name) for name in bases},
-                                    subset_size)
+    fits = stats.composition_search(patterns.change(target, shares),
+                                    {name: patterns.change(name, shares) for name in bases}, subset_size)
     header = ["rank", "r2", "bases", *(f"{COEFFICIENT_PREFIX}{name}" for name in bases)]
     rows = [[rank, fit.r2, "+".join(fit.bases), *(fit.coefficients.get(name, "") for name in bases)]
             for rank, fit in enumerate(fits, start=1)]
@@ -164,8 +167,15 @@ def compose_command(
         [[rank, fit.r2, ", ".join(f"{name}={value:.4f}" for name, value in fit.coefficients.items())]
          for rank, fit in enumerate(fits, start=1)],
     )
+    scales = {name: patterns.scale_change(name) for name in [target, *bases]}
+    moved = [f"{name} x{scale:.3g}" for name, scale in scales.items() if not 0.5 <= scale <= 2]
+    what = "shares of each pattern's sum (--shares)" if shares else "raw patterns"
+    text = f"Target: {target}; changes of the {what}\n\n{table}"
+    if moved and not shares:
+        text += (f"\nTotal score, last step over base: {', '.join(moved)}. These changes are mostly that "
+                 "overall scale, which follows each probe's loss; --shares fits where the score sits instead.")
     if out is not None:
         write_csv(out / "compose.csv", header, rows)
-        atomic_write_text(out / "compose.md", f"Target: {target}\n\n{table}")
+        atomic_write_text(out / "compose.md", text + "\n")
         save_figure(composition_figure(target, fits), out / "compose.png")
-    return f"Target: {target}\n\n{table}"
+    return text

@@ -107,10 +107,25 @@ class Patterns:
                              "per_example=True) to bootstrap over probe rows")
         return tensors["per_example"].double().numpy()
 
-    def change(self, probe: str) -> np.ndarray:
-        """Last pattern minus base pattern [L, H] (the pattern change the paper analyses)."""
+    def change(self, probe: str, shares: bool = False) -> np.ndarray:
+        """Last pattern minus base pattern [L, H] (the pattern change the paper analyses).
+
+        With `shares`, each pattern is first divided by its sum (each head's share of the probe's total
+        score), so the change is that of where the score sits, not of its overall size, which follows the
+        probe's loss."""
         _, base, _, last = self.base_and_last(probe)
+        if shares:
+            for step, pattern in ((0, base), (max(self.probes[probe]), last)):
+                if not pattern.sum() > 0:
+                    raise ValueError(f"probe {probe!r} sums to {pattern.sum()} at step {step} in "
+                                     f"{self.sources[probe]}; its heads have no shares to compare")
+            return last / last.sum() - base / base.sum()
         return last - base
+
+    def scale_change(self, probe: str) -> float:
+        """Total score at the last step over the base's (sum of the pattern): how much the overall size moved."""
+        _, base, _, last = self.base_and_last(probe)
+        return float(last.sum() / base.sum())
 
 
 def _check_finite(directory: Path, probes: dict[str, dict[int, np.ndarray]]) -> None:
