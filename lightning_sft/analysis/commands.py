@@ -167,11 +167,11 @@ def compose_command(
         [[rank, fit.r2, ", ".join(f"{name}={value:.4f}" for name, value in fit.coefficients.items())]
          for rank, fit in enumerate(fits, start=1)],
     )
-    scales = {name: patterns.scale_change(name) for name in [target, *bases]}
-    moved = [f"{name} x{scale:.3g}" for name, scale in scales.items() if not 0.5 <= scale <= 2]
     what = "shares of each pattern's sum (--shares)" if shares else "raw patterns"
     text = f"Target: {target}; changes of the {what}\n\n{table}"
-    if moved and not shares:
+    moved = [] if shares else [f"{name} x{scale:.3g}" for name in [target, *bases]
+                               if not 0.5 <= (scale := patterns.scale_change(name)) <= 2]
+    if moved:
         text += (f"\nTotal score, last step over base: {', '.join(moved)}. These changes are mostly that "
                  "overall scale, which follows each probe's loss; --shares fits where the score sits instead.")
     if out is not None:

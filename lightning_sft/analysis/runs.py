@@ -113,9 +113,9 @@ class Patterns:
         With `shares`, each pattern is first divided by its sum (each head's share of the probe's total
         score), so the change is that of where the score sits, not of its overall size, which follows the
         probe's loss."""
-        _, base, _, last = self.base_and_last(probe)
+        _, base, last_step, last = self.base_and_last(probe)
         if shares:
-            for step, pattern in ((0, base), (max(self.probes[probe]), last)):
+            for step, pattern in ((0, base), (last_step, last)):
                 if not pattern.sum() > 0:
                     raise ValueError(f"probe {probe!r} sums to {pattern.sum()} at step {step} in "
                                      f"{self.sources[probe]}; its heads have no shares to compare")
